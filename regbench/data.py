@@ -1,0 +1,111 @@
+"""Raw GLUE examples from the Hugging Face hub or from a local `glue_data/` folder.
+
+Both sources give the hub's columns: the task's text columns, `label` (an int, or a float for
+STS-B) and `idx`, for the splits `train` and `dev` (GLUE's test labels are hidden).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import datasets
+
+from regbench.errors import RegbenchError
+from regbench.tasks import Task
+
+log = logging.getLogger(__name__)
+
+GLUE_DIR_ENV = "REGBENCH_GLUE_DIR"
+HUB_DATASET = "nyu-mll/glue"
+
+
+def glue_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local GLUE folder named by the flag or the environment, if any."""
+    chosen = data_dir or os.environ.get(GLUE_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else None
+
+
+def describe_source(task: Task, data_dir: str | os.PathLike | None = None) -> str:
+    root = glue_dir(data_dir)
+    return str(root / task.local.folder) if root else f"hub:{HUB_DATASET}/{task.name}"
+
+
+def load_raw(task: Task, data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
+    root = glue_dir(data_dir)
+    if root is None:
+        return _from_hub(task)
+    folder = root / task.local.folder
+    files = {"train": folder / "train.tsv", "dev": folder / task.local.dev_file}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise RegbenchError(
+            f"No GLUE data for task {task.name!r}: looked for {', '.join(missing)}. "
+            f"Point --data-dir (or {GLUE_DIR_ENV}) at a folder holding {task.local.folder}/, "
+            "as laid out by the standard GLUE download, or set neither to load it from the hub."
+        )
+    return datasets.DatasetDict({split: _read_tsv(task, path) for split, path in files.items()})
+
+
+def _from_hub(task: Task) -> datasets.DatasetDict:
+    try:
+        raw = datasets.load_dataset(HUB_DATASET, task.name)
+    except Exception as err:  # the hub raises many types: offline, not found, rate limited
+        raise RegbenchError(
+            f"Could not load {HUB_DATASET}/{task.name} from the Hugging Face hub ({err}). "
+            f"Without network, point --data-dir (or {GLUE_DIR_ENV}) at a local glue_data folder."
+        ) from err
+    columns = [*task.text_columns, "label", "idx"]
+    return datasets.DatasetDict(
+        {"train": raw["train"].select_columns(columns),
+         "dev": raw[task.hub_dev_split].select_columns(columns)}
+    )
+
+
+def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
+    layout = task.local
+    # GLUE's files are not CSV: quotes are literal text, so quoting must be off.
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise RegbenchError(f"{path} is empty; download that task again.")
+    width, first = len(rows[0]), int(layout.header)
+    columns: dict[str, list] = {c: [] for c in (*task.text_columns, "label", "idx")}
+    for line_no, row in enumerate(rows[first:], start=first + 1):
+        # MNLI's lines carry 11 or 12 fields; every other file has a fixed width.
+        if len(row) != width and not (task.name == "mnli" and len(row) in (11, 12)):
+            raise RegbenchError(
+                f"{path}, line {line_no}: expected {width} tab-separated fields, found {len(row)}. "
+                "The file is damaged; download that task again."
+            )
+        for column, field in zip(task.text_columns, layout.text_fields):
+            columns[column].append(row[field])
+        columns["label"].append(_label(task, row[layout.label_field], path, line_no))
+        columns["idx"].append(len(columns["idx"]))
+    log.debug("read %d rows from %s", len(columns["idx"]), path)
+    features = datasets.Features(
+        {**{c: datasets.Value("string") for c in task.text_columns},
+         "label": datasets.Value("float32") if task.is_regression
+         else datasets.ClassLabel(names=list(task.label_names)),
+         "idx": datasets.Value("int32")}
+    )
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def _label(task: Task, raw: str, path: Path, line_no: int) -> float | int:
+    try:
+        if task.is_regression:
+            return float(raw)
+        if raw in task.label_names:
+            return task.label_names.index(raw)
+        value = int(raw)  # binary tasks write 0/1 in the hub's label order
+        if 0 <= value < task.num_labels:
+            return value
+    except ValueError:
+        pass
+    raise RegbenchError(
+        f"{path}, line {line_no}: label {raw!r} is not one of "
+        f"{'a number' if task.is_regression else task.label_names} for task {task.name!r}."
+    )

