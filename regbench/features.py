@@ -36,11 +36,16 @@ def cache_root() -> Path:
 
 def _tokenizer_fingerprint(tokenizer) -> str:
     # The serialised fast tokenizer holds the vocabulary, normaliser and special tokens: all that
-    # decides the ids. Its name alone would miss a locally edited copy.
+    # decides the ids. Its name alone would miss a locally edited copy. Truncation and padding are
+    # left out: they record the last call's arguments, and max_length is in the key anyway.
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    payload = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(),
-                                                                       sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    if backend is None:
+        state = tokenizer.get_vocab()
+    else:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _raw_fingerprint(raw: datasets.DatasetDict) -> str:

@@ -1,0 +1,67 @@
+"""Training throughput of the harness against the Hugging Face Trainer: same model, data (RTE,
+N = 256, max length 128), batch size and optimiser steps, run side by side in one process."""
+
+from __future__ import annotations
+
+import time
+
+import datasets
+import pytest
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+from regbench.features import task_data
+from regbench.harness import Recipe, fine_tune
+from regbench.modeling import load_model, load_tokenizer
+from regbench.registry.vanilla import Vanilla
+from regbench.tasks import get_task
+
+N_TRAIN, STEPS, ROUNDS = 256, 32, 2
+RECIPE = Recipe(epochs=2, min_steps=0, batch_size=16, max_length=128, evaluations=1)
+
+
+def _trainer_seconds(data, tmp_path) -> float:
+    task = data.task
+    model, _ = load_model("minilm", task, seed=1)
+    train = datasets.Dataset.from_dict({"input_ids": data.train.input_ids,
+                                        "token_type_ids": data.train.token_type_ids,
+                                        "labels": data.train.labels})
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=RECIPE.batch_size, max_steps=STEPS,
+        learning_rate=RECIPE.learning_rate, warmup_steps=int(RECIPE.warmup_ratio * STEPS),
+        lr_scheduler_type="linear", max_grad_norm=RECIPE.max_grad_norm, weight_decay=0.0,
+        seed=1, report_to=[], save_strategy="no", logging_strategy="no", eval_strategy="no",
+        use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=train,
+                      data_collator=DataCollatorWithPadding(load_tokenizer("minilm")))
+    started = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - started
+
+
+def _harness_seconds(data) -> float:
+    # The harness's figure includes what the Trainer's leaves out: loading the model and one
+    # evaluation of each dev half. It must win anyway.
+    started = time.perf_counter()
+    result = fine_tune(data, Vanilla(), seed=1, recipe=RECIPE, progress=False)
+    assert result.status == "finished" and result.steps == STEPS
+    return time.perf_counter() - started
+
+
+@pytest.mark.benchmark(group="throughput")
+def test_harness_vs_trainer(benchmark, glue_dir, tmp_path):
+    data = task_data(get_task("rte"), N_TRAIN, 0, "minilm", RECIPE.max_length, glue_dir)
+    examples = STEPS * RECIPE.batch_size
+    _harness_seconds(data)  # warm-up: first-call costs of torch's kernels
+    harness, trainer = [], []
+    for _ in range(ROUNDS):  # alternate, so drifting machine load hits both alike
+        trainer.append(_trainer_seconds(data, tmp_path))
+        harness.append(_harness_seconds(data))
+    speedup = min(trainer) / min(harness)
+    benchmark.extra_info.update({
+        "harness_examples_per_s": examples / min(harness),
+        "trainer_examples_per_s": examples / min(trainer),
+        "speedup": speedup})
+    benchmark.pedantic(_harness_seconds, args=(data,), rounds=1, iterations=1)
+    print(f"\nharness {examples / min(harness):.1f} ex/s, Trainer {examples / min(trainer):.1f} "
+          f"ex/s: {speedup:.2f}x")
+    assert speedup >= 1.2

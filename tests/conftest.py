@@ -1,0 +1,71 @@
+"""Shared fixtures: the real GLUE files of ../shared/glue, the embedded MiniLM, tiny slices."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from regbench.data import GLUE_DIR_ENV
+from regbench.features import CACHE_ENV, task_data
+from regbench.harness import Recipe
+from regbench.modeling import load_model
+from regbench.tasks import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    path = Path(os.environ.get(GLUE_DIR_ENV, REPO.parent / "shared" / "glue"))
+    if not (path / "RTE" / "train.tsv").is_file():
+        pytest.fail(f"GLUE test data not found at {path}; set {GLUE_DIR_ENV}.")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache(tmp_path_factory) -> Path:
+    """One feature cache for the session, away from the user's own."""
+    path = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe() -> Recipe:
+    """One short epoch over short sequences: seconds on a CPU."""
+    return Recipe(epochs=1, min_steps=0, batch_size=8, max_length=64, evaluations=1)
+
+
+@pytest.fixture(scope="session")
+def rte_data(glue_dir, tiny_recipe):
+    return task_data(get_task("rte"), 32, 0, "minilm", tiny_recipe.max_length, glue_dir)
+
+
+@pytest.fixture(scope="session")
+def stsb_data(glue_dir, tiny_recipe):
+    return task_data(get_task("stsb"), 32, 0, "minilm", tiny_recipe.max_length, glue_dir)
+
+
+@pytest.fixture
+def minilm():
+    """A fresh MiniLM with an RTE head, and the names of its head parameters."""
+    return load_model("minilm", get_task("rte"), seed=0)
+
+
+@pytest.fixture
+def rte_batch(rte_data):
+    """Eight real RTE examples, padded as the harness pads them."""
+    return rte_data.train.collate(list(range(8)), pad_id=0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)

@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from regbench.harness import Recipe, fine_tune
+from regbench.modeling import load_model
+from regbench.plugin import Regularizer
+from regbench.registry.vanilla import Vanilla
+from regbench.tasks import get_task
+
+
+def test_same_seed_same_metrics_on_cpu(rte_data, tiny_recipe):
+    first = fine_tune(rte_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
+    second = fine_tune(rte_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
+    assert first.status == "finished" and first.steps == 4  # 32 examples, batches of 8
+    assert first.validation == second.validation and first.test == second.test
+    assert set(first.test) == {"accuracy"} and 0 <= first.test["accuracy"] <= 1
+
+
+def test_regression_task_trains(stsb_data, tiny_recipe):
+    result = fine_tune(stsb_data, Vanilla(), seed=1, recipe=tiny_recipe, progress=False)
+    assert result.status == "finished"
+    assert set(result.test) == {"pearson_spearman", "pearson", "spearman"}
+    assert all(math.isfinite(v) for v in result.test.values())
+
+
+def test_head_depends_on_the_seed_alone():
+    rte = get_task("rte")
+    a, head = load_model("minilm", rte, seed=5)
+    torch.manual_seed(999)  # global randomness must not leak into the head
+    b, _ = load_model("minilm", rte, seed=5)
+    c, _ = load_model("minilm", rte, seed=6)
+    assert head == {"classifier.weight", "classifier.bias"}
+    assert torch.equal(a.classifier.weight, b.classifier.weight)
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)
+    assert torch.equal(a.bert.encoder.layer[0].output.dense.weight,
+                       c.bert.encoder.layer[0].output.dense.weight)
+
+
+class Recording(Regularizer):
+    """Records the hooks in the order the harness calls them."""
+
+    name = "recording"
+    needs_hidden_states = True
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.calls = []
+
+    def setup(self, model, context):
+        self.calls.append(("setup", sorted(context.head_parameters)))
+
+    def param_groups(self, model):
+        self.calls.append(("param_groups",))
+        return super().param_groups(model)
+
+    def loss(self, model, batch, outputs, task_loss):
+        self.calls.append(("loss", len(outputs.hidden_states)))
+        return task_loss
+
+    def after_step(self, model):
+        self.calls.append(("after_step",))
+
+
+def test_hooks_are_called_in_the_contracts_order(rte_data, tiny_recipe):
+    plugin = Recording()
+    fine_tune(rte_data, plugin, seed=1, recipe=tiny_recipe, progress=False)
+    assert plugin.calls[:2] == [("setup", ["classifier.bias", "classifier.weight"]),
+                                ("param_groups",)]
+    # MiniLM has 6 layers: 7 hidden states with the embeddings.
+    assert plugin.calls[2:] == [("loss", 7), ("after_step",)] * 4
+
+
+class Exploding(Regularizer):
+    name = "exploding"
+
+    def loss(self, model, batch, outputs, task_loss):
+        return task_loss * float("nan")
+
+
+def test_non_finite_loss_ends_the_run_as_diverged(rte_data, tiny_recipe):
+    result = fine_tune(rte_data, Exploding(), seed=1, recipe=tiny_recipe, progress=False)
+    assert result.status == "diverged"
+    assert "nan" in result.error and "step 1" in result.error
+    assert result.test == {}
+
+
+def test_evaluations_feed_the_callback(rte_data):
+    recipe = Recipe(epochs=2, min_steps=0, batch_size=8, max_length=64, evaluations=4)
+    seen = []
+    result = fine_tune(rte_data, Vanilla(), seed=1, recipe=recipe, progress=False,
+                       on_evaluate=lambda step, score: seen.append((step, score)))
+    assert [step for step, _ in seen] == [2, 4, 6, 8]
+    assert seen == result.history and seen[-1][1] == result.validation["accuracy"]
+
+
+def test_min_steps_extends_small_runs():
+    recipe = Recipe(epochs=3, min_steps=300, batch_size=16)
+    assert recipe.total_steps(100) == 300 and recipe.total_steps(3200) == 600
+
+
+def test_unknown_recipe_key_is_named():
+    with pytest.raises(Exception, match="learning_rat.*the recipe has"):
+        Recipe.from_dict({"learning_rat": 1e-5})
