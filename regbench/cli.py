@@ -141,6 +141,40 @@ def cmd_results(args) -> None:
     print(tabulate(frame[columns].values.tolist(), headers=columns, floatfmt=".4f"))
 
 
+def cmd_leaderboard(args) -> None:
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from regbench.data import load_raw
+    from regbench.leaderboard import publish
+    from regbench.metrics import majority_baseline
+    from regbench.runner import Plan
+    from regbench.splits import split_dev
+    from regbench.store import Store, default_url
+    from regbench.suite import load_suite
+    from regbench.tasks import get_task
+
+    suite = load_suite(args.suite)
+    frame = Store(args.storage or default_url(suite.name)).frame(suite.name)
+    expected = pd.DataFrame(
+        [(c.regularizer, c.task, c.size, seed)
+         for c in Plan.of(suite).cells for seed in suite.final_seeds],
+        columns=["regularizer", "task", "n_train", "seed"])
+    baselines = {}
+    for name in suite.tasks:
+        task, raw = get_task(name), load_raw(get_task(name), args.data_dir)
+        _, test = split_dev(task, raw["dev"]["label"])
+        baselines[name] = majority_baseline(task, raw["train"]["label"],
+                                            [raw["dev"]["label"][i] for i in test])
+    meta = {"suite": suite.name, "description": suite.description.strip(), "model": suite.model,
+            "recipe": suite.recipe.as_dict(), "tuning": vars(suite.tuning),
+            "final_seeds": list(suite.final_seeds), "tuning_seeds": list(suite.tuning_seeds),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    path = publish(frame, expected, args.out, suite.name, meta, baselines)
+    print(f"leaderboard of {len(frame)} stored runs written to {path}")
+
+
 def cmd_regularizers(args) -> None:
     from regbench.modeling import model_depth
     from regbench.plugins import distribution_of, loadable
@@ -219,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     results.add_argument("--phase", choices=["final", "tune", "all"], default="final")
     results.add_argument("--csv", help="write the runs to this CSV file instead")
     results.set_defaults(run=cmd_results)
+
+    board = commands.add_parser("leaderboard", help="write the markdown leaderboard of a suite")
+    board.add_argument("--suite", required=True, help="a built-in suite name or a YAML file")
+    board.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///runs/<suite>.db)")
+    board.add_argument("--out", default="leaderboard", help="folder for the markdown and plots")
+    _add_data_options(board)
+    board.set_defaults(run=cmd_leaderboard)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -135,7 +135,9 @@ class Examples:
             if self.token_type_ids is not None:
                 types[row, :n] = torch.as_tensor(self.token_type_ids[i])
         batch = {"input_ids": ids, "attention_mask": mask,
-                 "labels": torch.as_tensor(self.labels[indices])}
+                 "labels": torch.as_tensor(self.labels[indices],
+                                           dtype=torch.float32 if self.labels.dtype.kind == "f"
+                                           else torch.long)}
         if self.token_type_ids is not None:
             batch["token_type_ids"] = types
         return batch

@@ -37,3 +37,15 @@ def compute_metrics(task: Task, predictions, references) -> dict[str, float]:
     predictions, references = np.asarray(predictions), np.asarray(references)
     return {name: METRICS[name](predictions, references)
             for name in (task.metric, *task.extra_metrics)}
+
+
+STSB_FAILURE = 0.1  # protocol.md: a correlation this low is a failed STS-B run
+
+
+def majority_baseline(task: Task, train_labels, test_labels) -> float:
+    """The primary score of predicting the most frequent training label on the test half: a run
+    that does no better has failed (for CoLA this is an MCC of 0)."""
+    if task.is_regression:
+        return STSB_FAILURE
+    majority = np.bincount(np.asarray(train_labels, dtype=int)).argmax()
+    return compute_metrics(task, np.full(len(test_labels), majority), test_labels)[task.metric]

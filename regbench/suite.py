@@ -139,6 +139,9 @@ def override(suite: Suite, **changes: Any) -> Suite:
             get_regularizer(name)
     if "tasks" in changes:
         changes["tasks"] = tuple(get_task(t).name for t in changes["tasks"])
+    for key in ("sizes", "final_seeds"):
+        if key in changes:
+            changes[key] = tuple(changes[key])
     if "trials" in changes:
         changes["tuning"] = dataclasses.replace(suite.tuning, trials=changes.pop("trials"))
     return dataclasses.replace(suite, **changes)

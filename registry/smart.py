@@ -70,7 +70,7 @@ class Smart(Regularizer):
     def extra_passes(self) -> float:
         # K ascent passes and the final perturbed pass, each forward and backward; the teacher
         # only goes forward, about a third of a forward-and-backward.
-        return self.params["K"] + 1 + (1 / 3 if self.params["teacher"] else 0)
+        return self.params["K"] + 1 + (1 / 3 if self.params["teacher"] else 0.0)
 
     def setup(self, model: torch.nn.Module, context: Context) -> None:
         self.regression = context.task.is_regression

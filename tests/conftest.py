@@ -84,3 +84,28 @@ def rte_batch(rte_data):
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Install a regularizer the way a third-party package does: a module and a dist-info with
+    its entry point, found on sys.path. Returns a function (distribution, name, source)."""
+    from regbench import plugins
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def install(distribution: str, name: str, source: str) -> None:
+        module = f"{distribution.replace('-', '_')}_{name}"
+        (tmp_path / f"{module}.py").write_text(source)
+        info = tmp_path / f"{distribution.replace('-', '_')}-0.1.dist-info"
+        info.mkdir(exist_ok=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\n"
+                                       "Version: 0.1\n")
+        with open(info / "entry_points.txt", "a") as f:
+            f.write(f"[regbench.regularizers]\n{name} = {module}:Plugin\n")
+        plugins._discover.cache_clear()
+        plugins.get_regularizer.cache_clear()
+
+    yield install
+    plugins._discover.cache_clear()
+    plugins.get_regularizer.cache_clear()

@@ -1,0 +1,155 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import sqlalchemy as sa
+
+from regbench.runner import Plan, SuiteRunner
+from regbench.store import Store
+from regbench.suite import parse_suite
+
+TINY_RECIPE = {"epochs": 1, "min_steps": 0, "batch_size": 8, "max_length": 32, "evaluations": 1}
+
+
+def tiny_suite(**changes):
+    values = {"name": "tiny", "tasks": ["rte"], "sizes": [16], "tuning_seeds": [101],
+              "final_seeds": [1, 2], "regularizers": ["vanilla", "weight_decay"],
+              "tuning": {"trials": 2, "pruner": "median"}, "recipe": TINY_RECIPE, **changes}
+    return parse_suite(values)
+
+
+def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    suite = tiny_suite()
+    tally = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    assert (tally.executed, tally.cached, tally.failed) == (6, 0, 0)  # 2 trials + 2 × 2 finals
+
+    runs = Store(storage).frame("tiny")
+    finals = runs[runs.phase == "final"]
+    assert sorted(zip(finals.regularizer, finals.seed)) == [
+        ("vanilla", 1), ("vanilla", 2), ("weight_decay", 1), ("weight_decay", 2)]
+    assert (finals.status == "finished").all() and finals.test_score.between(0, 1).all()
+    assert runs.key.is_unique and (runs.phase == "tune").sum() == 2
+    row = finals.iloc[0]
+    assert {"regbench", "torch", "transformers", "git_commit", "device"} <= set(row.provenance)
+    assert row.seconds > 0 and row.peak_memory_mb > 0 and row.recipe["max_length"] == 32
+
+    study = optuna.load_study(study_name="tiny/weight_decay/rte/16", storage=storage)
+    assert len(study.trials) == 2
+    assert study.trials[0].params == {"weight_decay": 0.01}  # the plugin's defaults come first
+    best = study.best_params["weight_decay"]
+    assert set(finals[finals.regularizer == "weight_decay"].params.map(
+        lambda p: p["weight_decay"])) == {best}
+
+    again = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    assert (again.executed, again.cached) == (0, 4)  # the finished study is not reopened
+    assert len(Store(storage).frame("tiny")) == len(runs)
+
+
+def test_force_reruns_stored_runs(glue_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    suite = tiny_suite(regularizers=["vanilla"], final_seeds=[1])
+    SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    first = Store(storage).frame().finished_at.iloc[0]
+    tally = SuiteRunner(suite, storage, data_dir=glue_dir, force=True, progress=False).run()
+    assert tally.executed == 1 and len(Store(storage).frame()) == 1
+    assert Store(storage).frame().finished_at.iloc[0] > first
+
+
+RAISING = """
+from optuna.distributions import FloatDistribution
+from regbench.plugin import Regularizer
+
+class Plugin(Regularizer):
+    name = "raising"
+    defaults = {"strength": 1.0}
+
+    @classmethod
+    def search_space(cls, num_layers):
+        return {"strength": FloatDistribution(0.1, 1.0)}
+
+    def loss(self, model, batch, outputs, task_loss):
+        raise RuntimeError("plugin bug")
+"""
+
+DIVERGING = """
+from regbench.plugin import Regularizer
+
+class Plugin(Regularizer):
+    name = "diverging"
+
+    def loss(self, model, batch, outputs, task_loss):
+        return task_loss * float("inf")
+"""
+
+
+def test_failures_are_stored_and_the_suite_goes_on(glue_dir, tmp_path, install_plugin):
+    install_plugin("regbench-raising", "raising", RAISING)
+    install_plugin("regbench-diverging", "diverging", DIVERGING)
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    suite = tiny_suite(regularizers=["raising", "diverging", "vanilla"], final_seeds=[1])
+    tally = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    runs = Store(storage).frame()
+    raising = runs[runs.regularizer == "raising"]
+    assert list(raising.phase) == ["tune", "tune"] and (raising.status == "failed").all()
+    assert "plugin bug" in raising.error.iloc[0]  # the traceback is kept
+    study = optuna.load_study(study_name="tiny/raising/rte/16", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    diverging = runs[runs.regularizer == "diverging"]
+    assert list(diverging.status) == ["diverged"] and "inf" in diverging.error.iloc[0]
+    assert runs[runs.regularizer == "vanilla"].status.tolist() == ["finished"]
+    assert tally.failed == 3
+
+
+def test_plan_counts_runs():
+    plan = Plan.of(tiny_suite(sizes=[16, 32], tuning_seeds=[1, 2]))
+    assert len(plan.cells) == 4 and len(plan.tuned) == 2  # vanilla has nothing to tune
+    assert plan.total_runs() == 2 * 2 * 2 + 4 * 2
+
+
+def _write_suite(tmp_path, seeds):
+    path = tmp_path / "killme.yaml"
+    path.write_text(f"tasks: [rte]\nsizes: [16]\nregularizers: [vanilla]\nfinal_seeds: {seeds}\n"
+                    "recipe: {epochs: 1, min_steps: 0, batch_size: 8, max_length: 32, "
+                    "evaluations: 1}\n")
+    return path
+
+
+def _finals(db) -> int:
+    engine = sa.create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text(
+                "select count(*) from regbench_runs where phase = 'final'")).scalar()
+    except sa.exc.OperationalError:  # the table is not there yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, sig):
+    suite, db = _write_suite(tmp_path, [1, 2, 3, 4]), tmp_path / "killme.db"
+    command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite),
+               "--storage", f"sqlite:///{db}", "--data-dir", str(glue_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 240
+    while _finals(db) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    before = _finals(db)
+    assert 1 <= before < 4, "the kill should land in the middle of the suite"
+    if sig == signal.SIGINT:
+        assert process.returncode == 130 and "run the same command to resume" in err
+
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    assert f"{4 - before} runs trained, {before} already stored" in out
+    runs = Store(f"sqlite:///{db}").frame()
+    assert sorted(runs.seed) == [1, 2, 3, 4] and (runs.status == "finished").all()

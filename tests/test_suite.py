@@ -1,0 +1,66 @@
+import pytest
+
+from regbench.errors import RegbenchError
+from regbench.suite import builtin_suites, load_suite, override, parse_suite
+
+BUILTINS = ["vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr"]
+
+
+def test_builtin_suites_follow_the_protocol():
+    assert {"quickstart", "glue-small"} <= set(builtin_suites())
+    full = load_suite("glue-small")
+    assert full.tasks == ("rte", "mrpc", "cola", "stsb") and full.sizes == (100, 300, 1000)
+    assert len(full.final_seeds) >= 5 and list(full.regularizers) == BUILTINS
+    assert not set(full.final_seeds) & set(full.tuning_seeds)
+    quick = load_suite("quickstart")
+    assert list(quick.regularizers) == BUILTINS
+    assert len(quick.tasks) >= 2 and len(quick.sizes) >= 2
+
+
+def test_user_yaml_by_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("tasks: [STS-B]\nsizes: [50]\nregularizers:\n  lnsr: {inject_layer: 2}\n"
+                    "recipe: {epochs: 1}\ntuning: {trials: 3, pruner: none}\n")
+    suite = load_suite(str(path))
+    assert suite.name == "mine" and suite.tasks == ("stsb",)
+    assert suite.regularizers == {"lnsr": {"inject_layer": 2}}
+    assert suite.recipe.epochs == 1 and suite.tuning.trials == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\nseeds: [1]\n",
+     r"key 'seeds' is not a suite key; the keys are: .*final_seeds"),
+    ("tasks: [rte]\nregularizers: [vanilla]\n", r"key 'sizes' is required"),
+    ("tasks: [rte]\nsizes: [ten]\nregularizers: [vanilla]\n", r"'sizes' must be .* integers"),
+    ("tasks: [rtx]\nsizes: [10]\nregularizers: [vanilla]\n", r"Unknown task 'rtx'.*'rte'"),
+    ("tasks: [rte]\nsizes: [10]\nregularizers: [l2-sp]\n", r"Unknown regularizer 'l2-sp'.*'l2sp'"),
+    ("tasks: [rte]\nsizes: [10]\nregularizers: {l2sp: {gamma: 1}}\n", r"no parameter gamma.*alpha"),
+    ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\ntuning: {pruner: asha}\n",
+     r"pruner 'asha'; the pruners are none, median, hyperband"),
+    ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\nrecipe: {lr: 1}\n",
+     r"key 'recipe' .*Unknown recipe key\(s\) lr"),
+    ("tasks: [rte\n", r"is not valid YAML"),
+    ("- rte\n", r"must be a mapping"),
+])
+def test_bad_suites_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(RegbenchError, match=message):
+        load_suite(str(path))
+
+
+def test_unknown_suite_suggests_a_builtin():
+    with pytest.raises(RegbenchError, match=r"Unknown suite 'quickstar'.*'quickstart'"):
+        load_suite("quickstar")
+
+
+def test_flags_override_the_suite():
+    suite = parse_suite({"name": "s", "tasks": ["rte"], "sizes": [10],
+                         "regularizers": {"vanilla": {}, "lnsr": {"samples": 2}}})
+    changed = override(suite, tasks=["cola", "sts-b"], sizes=[5], final_seeds=[7],
+                       regularizers=["lnsr"], trials=3, model=None)
+    assert changed.tasks == ("cola", "stsb") and changed.sizes == (5,)
+    assert changed.final_seeds == (7,) and changed.tuning.trials == 3
+    assert changed.regularizers == {"lnsr": {"samples": 2}} and changed.model == suite.model
+    with pytest.raises(RegbenchError, match="Unknown regularizer"):
+        override(suite, regularizers=["nope"])
