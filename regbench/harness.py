@@ -97,6 +97,25 @@ def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batc
     return compute_metrics(task, predictions_from_logits(task, logits), examples.labels)
 
 
+def training_step(network: torch.nn.Module, regularizer: Regularizer,
+                  optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+                  max_grad_norm: float) -> float:
+    """One optimiser step on `batch`; returns the training loss. A non-finite loss changes
+    nothing: the caller decides what a diverged run means."""
+    with _autocast(batch["input_ids"].device):
+        outputs = network(**batch, output_hidden_states=regularizer.needs_hidden_states)
+        loss = regularizer.loss(network, batch, outputs, outputs.loss)
+    value = loss.item()  # the one host sync of a step
+    if not math.isfinite(value):
+        return value
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(network.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    regularizer.after_step(network)
+    return value
+
+
 def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = EMBEDDED_MODEL,
               recipe: Recipe = Recipe(), device: torch.device | None = None,
               on_evaluate: Callable[[int, float], None] | None = None,
@@ -130,21 +149,13 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
               disable=not progress, leave=False, unit="step") as bar:
         for step, indices in enumerate(batches(), start=1):
             batch = {k: v.to(device) for k, v in data.train.collate(indices, pad_id).items()}
-            with _autocast(device):
-                outputs = network(**batch, output_hidden_states=regularizer.needs_hidden_states)
-                loss = regularizer.loss(network, batch, outputs, outputs.loss)
-            value = loss.item()  # the one host sync of a step
+            value = training_step(network, regularizer, optimizer, batch, recipe.max_grad_norm)
             if not math.isfinite(value):
                 result.status = "diverged"
                 result.error = f"training loss became {value} at step {step} of {total}"
                 log.warning("%s: %s", regularizer.name, result.error)
                 break
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), recipe.max_grad_norm)
-            optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            regularizer.after_step(network)
             bar.update()
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             result.steps = step

@@ -125,6 +125,7 @@ def test_regression_tasks_get_the_squared_error(stsb_data):
     batch = stsb_data.train.collate(list(range(8)), pad_id=0)
     outputs = model(**batch)
     torch.manual_seed(1)
+    # float32 loss minus float32 loss: the difference keeps about four significant digits
     adversarial = smart.loss(model, batch, outputs, outputs.loss) - outputs.loss
     torch.manual_seed(1)
     inputs = _inputs(batch)
@@ -133,7 +134,7 @@ def test_regression_tasks_get_the_squared_error(stsb_data):
     perturbed = model(inputs_embeds=embeds + delta, **inputs).logits
     expected = (perturbed - outputs.logits).square().mean()
     assert expected > 0
-    assert adversarial.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert adversarial.item() == pytest.approx(expected.item(), rel=1e-3)
 
 
 def test_teacher_term_is_mu_times_the_divergence_to_the_teacher(minilm, rte_batch):

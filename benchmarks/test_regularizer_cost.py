@@ -1,0 +1,62 @@
+"""Training-step time of each built-in regularizer relative to vanilla: the harness's own step
+on the same RTE batches (batch 16, max length 128), the regularizers interleaved round by round
+so that machine load falls on all of them alike."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import torch
+
+from regbench.features import task_data
+from regbench.harness import training_step
+from regbench.modeling import load_model
+from regbench.plugin import Context
+from regbench.plugins import build
+from regbench.tasks import get_task
+
+# regularizers.md's cost targets on a 2-core CPU; lnsr injects at layer 0 with one sample.
+TARGETS = {"vanilla": 1.0, "weight_decay": 1.05, "l2sp": 1.15, "mixout": 1.3, "lnsr": 2.1,
+           "smart": 3.5}
+BATCHES, ROUNDS = 4, 3
+
+
+@pytest.mark.benchmark(group="regularizer-cost")
+def test_step_time_relative_to_vanilla(benchmark, glue_dir):
+    task = get_task("rte")
+    data = task_data(task, 16 * BATCHES, 0, "minilm", 128, glue_dir)
+    batches = [data.train.collate(list(range(i * 16, (i + 1) * 16)), pad_id=0)
+               for i in range(BATCHES)]
+    setups = {}
+    for name in TARGETS:
+        model, head = load_model("minilm", task, seed=1)
+        model.train()
+        regularizer = build(name, {"inject_layer": 0, "samples": 1} if name == "lnsr" else {})
+        regularizer.setup(model, Context(task, head, torch.device("cpu")))
+        optimizer = torch.optim.AdamW(regularizer.param_groups(model), lr=2e-5)
+        setups[name] = (model, regularizer, optimizer)
+
+    def steps(name: str) -> float:
+        model, regularizer, optimizer = setups[name]
+        started = time.perf_counter()
+        for batch in batches:
+            training_step(model, regularizer, optimizer, batch, 1.0)
+        return (time.perf_counter() - started) / len(batches)
+
+    for name in TARGETS:  # warm-up: first-call costs of every kernel each one uses
+        steps(name)
+    seconds = {name: [] for name in TARGETS}
+    for _ in range(ROUNDS):
+        for name in TARGETS:
+            seconds[name].append(steps(name))
+    vanilla = statistics.median(seconds["vanilla"])
+    ratios = {name: statistics.median(s) / vanilla for name, s in seconds.items()}
+    benchmark.extra_info.update({"vanilla_step_s": vanilla, **{f"{k}_x": v
+                                                               for k, v in ratios.items()}})
+    benchmark.pedantic(steps, args=("vanilla",), rounds=1, iterations=1)
+    print(f"\nvanilla step {vanilla:.3f} s; " + ", ".join(f"{k} {v:.2f}x (target {TARGETS[k]}x)"
+                                                          for k, v in ratios.items()))
+    missed = {k: round(v, 2) for k, v in ratios.items() if v > TARGETS[k]}
+    assert not missed, f"over their cost targets: {missed}"
