@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 # 2.13.0 is a CPU build on this project's machines; on a GPU machine, set TORCH=torch.
 TORCH ?= torch==2.13.0
-GLUE ?= ../shared/glue
-export REGBENCH_GLUE_DIR ?= $(abspath $(GLUE))
+GLUE ?= $(or $(REGBENCH_GLUE_DIR),../shared/glue)
+export REGBENCH_GLUE_DIR := $(abspath $(GLUE))
 BIN := $(VENV)/bin
 
 .PHONY: quickstart test bench
 quickstart: $(VENV)/.installed
 	$(BIN)/regbench run --suite quickstart
+	$(BIN)/regbench leaderboard --suite quickstart
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest tests

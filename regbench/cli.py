@@ -34,7 +34,8 @@ def _ints(text: str) -> list[int]:
     try:
         return [int(t) for t in _names(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers") from None
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -117,8 +118,8 @@ def cmd_run(args) -> None:
         return
     tally = SuiteRunner(suite, storage, args.device, args.data_dir, force=args.force).run()
     print(f"suite {suite.name}: {tally.executed} runs trained, {tally.cached} already stored, "
-          f"{tally.failed} failed, {tally.saved_by_pruning} saved by the pruner; "
-          f"results in {storage}")
+          f"{tally.failed} failed, {tally.saved_by_pruning:.1f} runs' training saved by the "
+          f"pruner; results in {storage}")
 
 
 def cmd_results(args) -> None:
@@ -144,6 +145,7 @@ def cmd_results(args) -> None:
 def cmd_leaderboard(args) -> None:
     from datetime import datetime, timezone
 
+    import numpy as np
     import pandas as pd
 
     from regbench.data import load_raw
@@ -157,6 +159,10 @@ def cmd_leaderboard(args) -> None:
 
     suite = load_suite(args.suite)
     frame = Store(args.storage or default_url(suite.name)).frame(suite.name)
+    # A suite name may hold runs of other models or recipes (flags override a suite): keep this
+    # setup's alone, as the header will describe it.
+    frame = frame[(frame.model == suite.model) & (frame.data_seed == suite.data_seed)
+                  & frame.recipe.map(lambda r: r == suite.recipe.as_dict())]
     expected = pd.DataFrame(
         [(c.regularizer, c.task, c.size, seed)
          for c in Plan.of(suite).cells for seed in suite.final_seeds],
@@ -166,7 +172,7 @@ def cmd_leaderboard(args) -> None:
         task, raw = get_task(name), load_raw(get_task(name), args.data_dir)
         _, test = split_dev(task, raw["dev"]["label"])
         baselines[name] = majority_baseline(task, raw["train"]["label"],
-                                            [raw["dev"]["label"][i] for i in test])
+                                            np.asarray(raw["dev"]["label"])[test])
     meta = {"suite": suite.name, "description": suite.description.strip(), "model": suite.model,
             "recipe": suite.recipe.as_dict(), "tuning": vars(suite.tuning),
             "final_seeds": list(suite.final_seeds), "tuning_seeds": list(suite.tuning_seeds),

@@ -83,7 +83,7 @@ def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
                 f"{path}, line {line_no}: expected {width} tab-separated fields, found {len(row)}. "
                 "The file is damaged; download that task again."
             )
-        for column, field in zip(task.text_columns, layout.text_fields):
+        for column, field in zip(task.text_columns, layout.text_fields, strict=True):
             columns[column].append(row[field])
         columns["label"].append(_label(task, row[layout.label_field], path, line_no))
         columns["idx"].append(len(columns["idx"]))

@@ -18,7 +18,7 @@ import datasets
 import numpy as np
 import torch
 
-from regbench.data import describe_source, load_raw
+from regbench.data import describe_source, glue_dir, load_raw
 from regbench.modeling import load_tokenizer
 from regbench.splits import split_dev, subsample
 from regbench.tasks import Task
@@ -49,7 +49,8 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _raw_fingerprint(raw: datasets.DatasetDict) -> str:
-    return hashlib.sha256("".join(raw[s]._fingerprint for s in sorted(raw)).encode()).hexdigest()[:16]
+    joined = "".join(raw[split]._fingerprint for split in sorted(raw))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def load_features(task: Task, tokenizer, max_length: int,
@@ -127,18 +128,18 @@ class Examples:
         width = int(self.lengths[indices].max())
         ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(indices), width), dtype=torch.long)
-        types = torch.zeros((len(indices), width), dtype=torch.long)
+        types = None if self.token_type_ids is None else torch.zeros_like(mask)
         for row, i in enumerate(indices):
             n = len(self.input_ids[i])
             ids[row, :n] = torch.as_tensor(self.input_ids[i])
             mask[row, :n] = 1
-            if self.token_type_ids is not None:
+            if types is not None:
                 types[row, :n] = torch.as_tensor(self.token_type_ids[i])
         batch = {"input_ids": ids, "attention_mask": mask,
                  "labels": torch.as_tensor(self.labels[indices],
                                            dtype=torch.float32 if self.labels.dtype.kind == "f"
                                            else torch.long)}
-        if self.token_type_ids is not None:
+        if types is not None:
             batch["token_type_ids"] = types
         return batch
 
@@ -193,5 +194,6 @@ def _cached_features(task: Task, model: str, max_length: int, data_dir: str | No
 def task_data(task: Task, n_train: int, data_seed: int, model: str, max_length: int,
               data_dir: str | os.PathLike | None = None) -> TaskData:
     """The examples one run trains and evaluates on; features are read once per process."""
-    features = _cached_features(task, model, max_length, str(data_dir) if data_dir else None)
+    root = glue_dir(data_dir)  # resolved here: the environment may change between calls
+    features = _cached_features(task, model, max_length, str(root) if root else None)
     return TaskData.prepare(task, features, n_train, data_seed)

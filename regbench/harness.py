@@ -119,11 +119,12 @@ def training_step(network: torch.nn.Module, regularizer: Regularizer,
 def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = EMBEDDED_MODEL,
               recipe: Recipe = Recipe(), device: torch.device | None = None,
               on_evaluate: Callable[[int, float], None] | None = None,
-              progress: bool = True) -> RunResult:
+              progress: bool = True, test: bool = True) -> RunResult:
     """Fine-tune `model` on `data.train` with `regularizer`, evaluate on both dev halves.
 
     `seed` fixes the head's initialisation, the data order and dropout. `on_evaluate(step, score)`
     receives each intermediate validation score and may raise to stop the run (a pruner does).
+    `test=False` leaves the test half alone, as tuning must.
     """
     started = time.perf_counter()
     device = device or pick_device()
@@ -136,7 +137,9 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
     optimizer = torch.optim.AdamW(regularizer.param_groups(network), lr=recipe.learning_rate)
     total = recipe.total_steps(len(data.train))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * total), total)
-    checkpoints = {math.ceil(total * k / recipe.evaluations) for k in range(1, recipe.evaluations + 1)}
+    # Intermediate evaluations serve a pruner; without one, only the last is needed.
+    checkpoints = {math.ceil(total * k / recipe.evaluations)
+                   for k in range(1, recipe.evaluations + 1)} if on_evaluate else {total}
     order = torch.Generator().manual_seed(seed)
     result = RunResult(status="finished")
 
@@ -167,7 +170,7 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
                     on_evaluate(step, result.validation[task.metric])
             if step == total:
                 break
-    if result.status == "finished":
+    if result.status == "finished" and test:
         result.test = evaluate(network, data.test, task, pad_id, recipe.eval_batch_size, device)
     result.seconds = time.perf_counter() - started
     return result

@@ -25,7 +25,8 @@ METRICS = {
 }
 # GLUE reports the mean of two metrics for MRPC, QQP and STS-B.
 METRICS["f1_accuracy"] = lambda p, r: (METRICS["f1"](p, r) + METRICS["accuracy"](p, r)) / 2
-METRICS["pearson_spearman"] = lambda p, r: (METRICS["pearson"](p, r) + METRICS["spearman"](p, r)) / 2
+METRICS["pearson_spearman"] = lambda p, r: (
+    METRICS["pearson"](p, r) + METRICS["spearman"](p, r)) / 2
 
 
 def predictions_from_logits(task: Task, logits: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from functools import lru_cache
 
@@ -41,16 +42,24 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(resolve_model(model))
 
 
+@lru_cache(maxsize=2)
+def _pretrained(model: str, num_labels: int, problem_type: str):
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(model), num_labels=num_labels, problem_type=problem_type,
+            output_loading_info=True)
+    except OSError as err:
+        raise RegbenchError(f"Could not load model {model!r}: {err}") from err
+
+
 def load_model(model: str, task: Task, seed: int) -> tuple[torch.nn.Module, frozenset[str]]:
     """The pretrained encoder with a fresh task head, and the names of the parameters that the
     checkpoint did not hold (the head). The head's initialisation depends on `seed` alone."""
-    try:
-        network, info = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(model), num_labels=task.num_labels, output_loading_info=True,
-            problem_type="regression" if task.is_regression else "single_label_classification",
-        )
-    except OSError as err:
-        raise RegbenchError(f"Could not load model {model!r}: {err}") from err
+    # Reading the checkpoint once per process and copying it saves a second on every run.
+    pristine, info = _pretrained(
+        model, task.num_labels,
+        "regression" if task.is_regression else "single_label_classification")
+    network = copy.deepcopy(pristine)
     new = frozenset(info["missing_keys"])
     generator = torch.Generator().manual_seed(seed)
     std = getattr(network.config, "initializer_range", 0.02)

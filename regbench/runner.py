@@ -21,7 +21,7 @@ from regbench.plugins import build, get_regularizer
 from regbench.store import FAILED, FINISHED, PRUNED, SETTLED, Store, provenance, run_key
 from regbench.suite import Suite
 from regbench.tasks import get_task
-from regbench.tuning import finished_trials, open_study, suggest
+from regbench.tuning import RUN_FAILED, open_study, spent_trials, suggest
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,41 @@ class Cell:
     task: str
     size: int
 
-    def study_name(self, suite: Suite) -> str:
-        return f"{suite.name}/{self.regularizer}/{self.task}/{self.size}"
-
 
 @dataclass
 class Plan:
     suite: Suite
     cells: list[Cell]
-    tuned: set[Cell]  # cells whose regularizer has hyperparameters to search
+    depth: int  # the model's layers, for search spaces over layers
 
     @classmethod
     def of(cls, suite: Suite) -> Plan:
-        cells = [Cell(r, t, n) for t in suite.tasks for n in suite.sizes for r in suite.regularizers]
-        depth = model_depth(suite.model)
-        tuned = {c for c in cells
-                 if set(get_regularizer(c.regularizer).search_space(depth))
-                 - set(suite.regularizers[c.regularizer])}
-        return cls(suite, cells, tuned)
+        cells = [Cell(r, t, n)
+                 for t in suite.tasks for n in suite.sizes for r in suite.regularizers]
+        return cls(suite, cells, model_depth(suite.model))
+
+    def space(self, cell: Cell) -> dict[str, Any]:
+        """What the tuner searches: the plugin's space less the options the suite fixes."""
+        fixed = self.suite.regularizers[cell.regularizer]
+        return {k: v for k, v in get_regularizer(cell.regularizer).search_space(self.depth).items()
+                if k not in fixed}
+
+    @property
+    def tuned(self) -> set[Cell]:
+        return {c for c in self.cells if self.space(c)}
+
+    def study_name(self, cell: Cell) -> str:
+        """Readable, and unique to everything that decides the study's trials: a suite run with
+        another model, recipe or seeds gets a study of its own."""
+        setup = run_key({"model": self.suite.model, "recipe": self.suite.recipe.as_dict(),
+                         "data_seed": self.suite.data_seed,
+                         "tuning_seeds": self.suite.tuning_seeds,
+                         "fixed": self.suite.regularizers[cell.regularizer],
+                         "version": get_regularizer(cell.regularizer).version})
+        return f"{self.suite.name}/{cell.regularizer}/{cell.task}/{cell.size}/{setup[:10]}"
 
     def tuning_runs(self, cell: Cell) -> int:
-        return self.suite.tuning.trials * len(self.suite.tuning_seeds) if cell in self.tuned else 0
+        return self.suite.tuning.trials * len(self.suite.tuning_seeds) if self.space(cell) else 0
 
     def final_runs(self) -> int:
         return len(self.cells) * len(self.suite.final_seeds)
@@ -72,7 +86,7 @@ class Tally:
     executed: int = 0
     cached: int = 0
     failed: int = 0
-    saved_by_pruning: int = 0  # tuning runs a pruned trial never had to start
+    saved_by_pruning: float = 0.0  # tuning runs, in whole runs, that pruned trials did not train
     seconds: list[float] = field(default_factory=list)
 
 
@@ -116,8 +130,8 @@ class SuiteRunner:
         try:
             result = fine_tune(data, build(cell.regularizer, params), seed, self.suite.model,
                                self.suite.recipe, self.device, on_evaluate=on_evaluate,
-                               progress=self.progress)
-        except optuna.TrialPruned:
+                               progress=self.progress, test=phase == "final")
+        except optuna.TrialPruned:  # the objective advances the progress for the whole trial
             self.store.put({**row, "status": PRUNED, "seconds": time.perf_counter() - started})
             raise
         except Exception as err:  # a plugin or model bug must not end the suite
@@ -150,15 +164,14 @@ class SuiteRunner:
         """The best parameters of the cell's study (run to its budget first), or None when no
         trial completed."""
         fixed = self.suite.regularizers[cell.regularizer]
-        if cell not in self.plan.tuned:
+        space = self.plan.space(cell)
+        if not space:
             return fixed
-        cls = get_regularizer(cell.regularizer)
-        space = {k: v for k, v in cls.search_space(model_depth(self.suite.model)).items()
-                 if k not in fixed}
+        defaults = get_regularizer(cell.regularizer).defaults
         seeds = self.suite.tuning_seeds
         steps = self.suite.recipe.total_steps(cell.size)
-        study = open_study(self.storage, cell.study_name(self.suite), self.suite.tuning,
-                           steps * len(seeds), {k: cls.defaults[k] for k in space})
+        study = open_study(self.storage, self.plan.study_name(cell), self.suite.tuning,
+                           steps * len(seeds), {k: defaults[k] for k in space})
 
         def objective(trial: optuna.Trial) -> float:
             params = {**fixed, **suggest(trial, space)}
@@ -167,31 +180,29 @@ class SuiteRunner:
                 def report(step: int, score: float, i: int = i) -> None:
                     trial.report(score, i * steps + step)  # seed after seed, on one axis
                     if trial.should_prune():
-                        self.tally.saved_by_pruning += len(seeds) - i - 1
-                        self._advance(len(seeds) - i - 1)
+                        saved = len(seeds) - i - 1 + (steps - step) / steps
+                        self.tally.saved_by_pruning += saved
+                        self._advance(len(seeds) - i)
                         raise optuna.TrialPruned()
 
                 row = self.run_one("tune", cell, params, seed, trial.number, report)
                 if row["status"] != FINISHED:
                     self._advance(len(seeds) - i - 1)
+                    trial.set_user_attr(RUN_FAILED, True)
                     raise RunFailed(row["error"])
                 scores.append(row["validation_score"])
             return statistics.fmean(scores)
 
         budget = self.suite.tuning.trials
-        done = len(finished_trials(study))
+        done = len(spent_trials(study))
+        self._advance(min(done, budget) * len(seeds))
         if done < budget:
             log.info("tuning %s on %s, N=%d: %d of %d trials left", cell.regularizer, cell.task,
                      cell.size, budget - done, budget)
-            self._advance(done * len(seeds))
-            study.optimize(objective, n_trials=budget - done, catch=(RunFailed,),
-                           callbacks=[optuna.study.MaxTrialsCallback(budget, states=None)])
-        else:
-            self._advance(budget * len(seeds))
-        completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if not completed:
-            log.error("no trial of %s completed: its final runs are skipped", cell.study_name(
-                self.suite))
+            study.optimize(objective, n_trials=budget - done, catch=(RunFailed,))
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            log.error("no trial of %s completed: its final runs are skipped",
+                      self.plan.study_name(cell))
             return None
         return {**fixed, **study.best_params}
 
@@ -211,7 +222,7 @@ class SuiteRunner:
                     continue
                 for seed in self.suite.final_seeds:
                     self.run_one("final", cell, params, seed)
-        log.info("suite %s: %d runs trained, %d cached, %d failed, %d skipped by the pruner",
+        log.info("suite %s: %d runs trained, %d cached, %d failed, %.1f runs saved by the pruner",
                  self.suite.name, self.tally.executed, self.tally.cached, self.tally.failed,
                  self.tally.saved_by_pruning)
         return self.tally

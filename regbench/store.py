@@ -21,7 +21,7 @@ import regbench
 
 FINISHED = "finished"  # trained to the end and evaluated
 DIVERGED = "diverged"  # the training loss stopped being finite: a result, not an accident
-FAILED = "failed"  # raised: retried when the suite runs again
+FAILED = "failed"  # raised: a final run is retried when the suite runs again
 PRUNED = "pruned"  # a tuning run the pruner stopped; kept to count what pruning saved
 SETTLED = (FINISHED, DIVERGED)  # outcomes that a rerun keeps
 
@@ -85,7 +85,6 @@ def provenance(device: str) -> dict[str, Any]:
 
 class Store:
     def __init__(self, url: str):
-        self.url = url
         self.engine = sa.create_engine(url)
         metadata.create_all(self.engine)
 
@@ -95,12 +94,13 @@ class Store:
         return dict(row) if row else None
 
     def put(self, row: dict[str, Any], replace: bool = False) -> None:
-        """Write one run in one transaction. A settled run is replaced only when asked."""
+        """Write one run in one transaction. A settled run is replaced only when asked, and only
+        by another settled one: a crash never erases a result."""
         row = {**row, "finished_at": datetime.now(timezone.utc)}
         with self.engine.begin() as connection:
             existing = connection.execute(
                 sa.select(runs.c.status).where(runs.c.key == row["key"])).scalar()
-            if existing in SETTLED and not replace:
+            if existing in SETTLED and not (replace and row["status"] in SETTLED):
                 return
             if existing is not None:
                 connection.execute(sa.delete(runs).where(runs.c.key == row["key"]))

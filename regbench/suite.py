@@ -68,7 +68,8 @@ def load_suite(name_or_path: str) -> Suite:
     except yaml.YAMLError as err:
         raise RegbenchError(f"{source} is not valid YAML: {err}") from err
     if not isinstance(values, dict):
-        raise RegbenchError(f"{source} must be a mapping of suite keys, not {type(values).__name__}.")
+        raise RegbenchError(
+            f"{source} must be a mapping of suite keys, not {type(values).__name__}.")
     values.setdefault("name", path.stem if path.suffix else name_or_path)
     return parse_suite(values, source)
 
@@ -79,7 +80,8 @@ def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
 
     unknown = set(values) - _KEYS
     if unknown:
-        raise fail(sorted(unknown)[0], f"is not a suite key; the keys are: {', '.join(sorted(_KEYS))}.")
+        raise fail(sorted(unknown)[0],
+                   f"is not a suite key; the keys are: {', '.join(sorted(_KEYS))}.")
     for key in ("tasks", "sizes", "regularizers"):
         if key not in values:
             raise fail(key, "is required.")
@@ -122,11 +124,20 @@ def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
         raise fail("recipe", str(err)) from err
 
     optional = {key: int_list(key) for key in ("final_seeds", "tuning_seeds") if key in values}
+    _check_seeds(optional.get("final_seeds", Suite.final_seeds),
+                 optional.get("tuning_seeds", Suite.tuning_seeds), source)
     return Suite(name=str(values["name"]), tasks=tasks, sizes=int_list("sizes"),
                  regularizers=regularizers, tuning=tuning, recipe=recipe,
                  data_seed=int(values.get("data_seed", 0)),
                  model=str(values.get("model", EMBEDDED_MODEL)),
                  description=str(values.get("description", "")), **optional)
+
+
+def _check_seeds(final: tuple[int, ...], tuning: tuple[int, ...], source: str) -> None:
+    shared = sorted(set(final) & set(tuning))
+    if shared:
+        raise RegbenchError(f"{source}: seeds {shared} are both tuning and final seeds; the "
+                            "leaderboard's seeds must be unseen by tuning (protocol.md).")
 
 
 def override(suite: Suite, **changes: Any) -> Suite:
@@ -142,6 +153,8 @@ def override(suite: Suite, **changes: Any) -> Suite:
     for key in ("sizes", "final_seeds"):
         if key in changes:
             changes[key] = tuple(changes[key])
+    _check_seeds(changes.get("final_seeds", suite.final_seeds), suite.tuning_seeds,
+                 "the command line")
     if "trials" in changes:
         changes["tuning"] = dataclasses.replace(suite.tuning, trials=changes.pop("trials"))
     return dataclasses.replace(suite, **changes)

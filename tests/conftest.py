@@ -9,21 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from regbench.data import GLUE_DIR_ENV
 from regbench.features import CACHE_ENV, Examples, TaskData, task_data
 from regbench.harness import Recipe
 from regbench.modeling import load_model
 from regbench.tasks import get_task
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def glue_dir() -> Path:
-    path = Path(os.environ.get(GLUE_DIR_ENV, REPO.parent / "shared" / "glue"))
-    if not (path / "RTE" / "train.tsv").is_file():
-        pytest.fail(f"GLUE test data not found at {path}; set {GLUE_DIR_ENV}.")
-    return path
 
 
 @pytest.fixture(scope="session", autouse=True)

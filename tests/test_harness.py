@@ -1,4 +1,3 @@
-import math
 
 import pytest
 import torch
@@ -10,19 +9,25 @@ from regbench.registry.vanilla import Vanilla
 from regbench.tasks import get_task
 
 
-def test_same_seed_same_metrics_on_cpu(rte_data, tiny_recipe):
-    first = fine_tune(rte_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
-    second = fine_tune(rte_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
+def test_same_seed_same_metrics_on_cpu(stsb_data, tiny_recipe):
+    # STS-B's correlations are continuous: any difference in the weights would show.
+    first = fine_tune(stsb_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
+    second = fine_tune(stsb_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
+    other = fine_tune(stsb_data, Vanilla(), seed=4, recipe=tiny_recipe, progress=False)
     assert first.status == "finished" and first.steps == 4  # 32 examples, batches of 8
     assert first.validation == second.validation and first.test == second.test
-    assert set(first.test) == {"accuracy"} and 0 <= first.test["accuracy"] <= 1
+    assert first.test != other.test
 
 
-def test_regression_task_trains(stsb_data, tiny_recipe):
-    result = fine_tune(stsb_data, Vanilla(), seed=1, recipe=tiny_recipe, progress=False)
-    assert result.status == "finished"
-    assert set(result.test) == {"pearson_spearman", "pearson", "spearman"}
-    assert all(math.isfinite(v) for v in result.test.values())
+def test_classification_metrics(rte_data, tiny_recipe):
+    result = fine_tune(rte_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
+    assert set(result.test) == {"accuracy"} and 0 <= result.test["accuracy"] <= 1
+
+
+def test_tuning_runs_leave_the_test_half_alone(rte_data, tiny_recipe):
+    result = fine_tune(rte_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False,
+                       test=False)
+    assert result.validation and result.test == {}
 
 
 def test_head_depends_on_the_seed_alone():

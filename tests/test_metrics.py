@@ -34,7 +34,7 @@ def test_stsb_pearson_and_spearman():
     assert m["spearman"] == pytest.approx(1.0)
     x, y = [1.0, 2.0, 3.0, 10.0], [1.0, 2.0, 3.0, 4.0]
     mx, my = sum(x) / 4, sum(y) / 4
-    cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    cov = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
     pearson = cov / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
     assert m["pearson"] == pytest.approx(pearson)
     assert m["pearson_spearman"] == pytest.approx((pearson + 1) / 2)

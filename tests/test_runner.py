@@ -8,9 +8,9 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from regbench.runner import Plan, SuiteRunner
+from regbench.runner import Cell, Plan, SuiteRunner
 from regbench.store import Store
-from regbench.suite import parse_suite
+from regbench.suite import load_suite, parse_suite
 
 TINY_RECIPE = {"epochs": 1, "min_steps": 0, "batch_size": 8, "max_length": 32, "evaluations": 1}
 
@@ -30,7 +30,7 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
 
     runs = Store(storage).frame("tiny")
     finals = runs[runs.phase == "final"]
-    assert sorted(zip(finals.regularizer, finals.seed)) == [
+    assert sorted(zip(finals.regularizer, finals.seed, strict=True)) == [
         ("vanilla", 1), ("vanilla", 2), ("weight_decay", 1), ("weight_decay", 2)]
     assert (finals.status == "finished").all() and finals.test_score.between(0, 1).all()
     assert runs.key.is_unique and (runs.phase == "tune").sum() == 2
@@ -38,7 +38,9 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
     assert {"regbench", "torch", "transformers", "git_commit", "device"} <= set(row.provenance)
     assert row.seconds > 0 and row.peak_memory_mb > 0 and row.recipe["max_length"] == 32
 
-    study = optuna.load_study(study_name="tiny/weight_decay/rte/16", storage=storage)
+    plan = Plan.of(suite)
+    study = optuna.load_study(study_name=plan.study_name(Cell("weight_decay", "rte", 16)),
+                              storage=storage)
     assert len(study.trials) == 2
     assert study.trials[0].params == {"weight_decay": 0.01}  # the plugin's defaults come first
     best = study.best_params["weight_decay"]
@@ -97,7 +99,8 @@ def test_failures_are_stored_and_the_suite_goes_on(glue_dir, tmp_path, install_p
     raising = runs[runs.regularizer == "raising"]
     assert list(raising.phase) == ["tune", "tune"] and (raising.status == "failed").all()
     assert "plugin bug" in raising.error.iloc[0]  # the traceback is kept
-    study = optuna.load_study(study_name="tiny/raising/rte/16", storage=storage)
+    study = optuna.load_study(study_name=Plan.of(suite).study_name(Cell("raising", "rte", 16)),
+                              storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     diverging = runs[runs.regularizer == "diverging"]
     assert list(diverging.status) == ["diverged"] and "inf" in diverging.error.iloc[0]
@@ -105,51 +108,71 @@ def test_failures_are_stored_and_the_suite_goes_on(glue_dir, tmp_path, install_p
     assert tally.failed == 3
 
 
+def test_another_setup_gets_a_study_of_its_own():
+    plan, other = Plan.of(tiny_suite()), Plan.of(tiny_suite(recipe={**TINY_RECIPE, "epochs": 2}))
+    cell = Cell("weight_decay", "rte", 16)
+    assert plan.study_name(cell).startswith("tiny/weight_decay/rte/16/")
+    assert plan.study_name(cell) != other.study_name(cell)
+
+
 def test_plan_counts_runs():
-    plan = Plan.of(tiny_suite(sizes=[16, 32], tuning_seeds=[1, 2]))
+    plan = Plan.of(tiny_suite(sizes=[16, 32], tuning_seeds=[101, 102]))
     assert len(plan.cells) == 4 and len(plan.tuned) == 2  # vanilla has nothing to tune
     assert plan.total_runs() == 2 * 2 * 2 + 4 * 2
 
 
 def _write_suite(tmp_path, seeds):
     path = tmp_path / "killme.yaml"
-    path.write_text(f"tasks: [rte]\nsizes: [16]\nregularizers: [vanilla]\nfinal_seeds: {seeds}\n"
+    path.write_text(f"tasks: [rte]\nsizes: [16]\nregularizers: [weight_decay]\n"
+                    f"final_seeds: {seeds}\ntuning_seeds: [101, 102]\n"
+                    "tuning: {trials: 2, pruner: none}\n"
                     "recipe: {epochs: 1, min_steps: 0, batch_size: 8, max_length: 32, "
                     "evaluations: 1}\n")
     return path
 
 
-def _finals(db) -> int:
+def _stored(db, phase) -> int:
     engine = sa.create_engine(f"sqlite:///{db}")
     try:
         with engine.connect() as connection:
             return connection.execute(sa.text(
-                "select count(*) from regbench_runs where phase = 'final'")).scalar()
+                f"select count(*) from regbench_runs where phase = '{phase}' "
+                "and status = 'finished'")).scalar()
     except sa.exc.OperationalError:  # the table is not there yet
         return 0
     finally:
         engine.dispose()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, sig):
-    suite, db = _write_suite(tmp_path, [1, 2, 3, 4]), tmp_path / "killme.db"
+@pytest.mark.parametrize("sig, phase", [(signal.SIGKILL, "tune"), (signal.SIGKILL, "final"),
+                                        (signal.SIGINT, "final")])
+def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, sig, phase):
+    """Kill a real suite once its first run of `phase` is stored (during the second tuning run,
+    or during the final runs), run the same command again, and count."""
+    suite, db = _write_suite(tmp_path, [1, 2, 3]), tmp_path / "killme.db"
     command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite),
                "--storage", f"sqlite:///{db}", "--data-dir", str(glue_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 240
-    while _finals(db) < 1 and process.poll() is None and time.monotonic() < deadline:
+    while _stored(db, phase) < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
-    before = _finals(db)
-    assert 1 <= before < 4, "the kill should land in the middle of the suite"
+    tuned, finals = _stored(db, "tune"), _stored(db, "final")
+    assert tuned + finals < 4 + 3, "the kill should land in the middle of the suite"
     if sig == signal.SIGINT:
         assert process.returncode == 130 and "run the same command to resume" in err
 
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    assert f"{4 - before} runs trained, {before} already stored" in out
+    # Every run stored before the kill is used again, none trained twice.
+    assert f"{4 + 3 - tuned - finals} runs trained" in out
     runs = Store(f"sqlite:///{db}").frame()
-    assert sorted(runs.seed) == [1, 2, 3, 4] and (runs.status == "finished").all()
+    assert runs.key.is_unique and (runs.status == "finished").all()
+    assert sorted(runs[runs.phase == "final"].seed) == [1, 2, 3]
+    study = optuna.load_study(study_name=Plan.of(load_suite(str(suite))).study_name(
+        Cell("weight_decay", "rte", 16)), storage=f"sqlite:///{db}")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 2  # the budget, whatever was cut off
+    assert len(runs[runs.phase == "tune"]) == 4  # two trials of two seeds, none trained twice

@@ -8,10 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regbench.harness import fine_tune
 from regbench.modeling import load_model
 from regbench.plugin import Context
-from regbench.plugins import build
 from regbench.registry.smart import Smart, adversarial_perturbation, divergence, unit_inf_norm
 from regbench.tasks import get_task
 
@@ -189,11 +187,3 @@ def test_declares_its_cost_and_search_space():
     assert Smart(teacher=False, K=2).extra_passes() == 3
     assert set(Smart.search_space(6)) == {"lambda_s", "mu"}
     assert set(Smart.search_space(6)) <= set(Smart.defaults)
-
-
-@pytest.mark.parametrize("data", ["rte_data", "stsb_data"])
-def test_fine_tunes_end_to_end(data, request, tiny_recipe):
-    result = fine_tune(request.getfixturevalue(data), build("smart"), seed=0, recipe=tiny_recipe,
-                       device=torch.device("cpu"), progress=False)
-    assert result.status == "finished" and result.steps == 4
-    assert result.test and all(math.isfinite(v) for v in result.test.values())

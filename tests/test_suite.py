@@ -40,6 +40,8 @@ def test_user_yaml_by_path(tmp_path):
     ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\nrecipe: {lr: 1}\n",
      r"key 'recipe' .*Unknown recipe key\(s\) lr"),
     ("tasks: [rte\n", r"is not valid YAML"),
+    ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\nfinal_seeds: [1, 2]\n"
+     "tuning_seeds: [2, 3]\n", r"seeds \[2\] are both tuning and final seeds"),
     ("- rte\n", r"must be a mapping"),
 ])
 def test_bad_suites_name_the_problem(tmp_path, text, message):
