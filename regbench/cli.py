@@ -98,10 +98,10 @@ def _suite_from_args(args):
 
 def cmd_run(args) -> None:
     from regbench.runner import Plan, SuiteRunner, estimate_seconds
-    from regbench.store import default_url
+    from regbench.store import storage_url
 
     suite = _suite_from_args(args)
-    storage = args.storage or default_url(suite.name)
+    storage = storage_url(suite.name, args.storage)
     if args.dry_run:
         plan = Plan.of(suite)
         log.info("timing two short runs per task on this machine for the estimate")
@@ -123,9 +123,10 @@ def cmd_run(args) -> None:
 
 
 def cmd_results(args) -> None:
-    from regbench.store import Store, default_url
+    from regbench.store import Store, storage_url
+    from regbench.suite import load_suite
 
-    storage = args.storage or default_url(args.suite)
+    storage = storage_url(load_suite(args.suite).name, args.storage)
     frame = Store(storage).frame()
     if args.phase != "all":
         frame = frame[frame.phase == args.phase]
@@ -143,41 +144,13 @@ def cmd_results(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    from datetime import datetime, timezone
-
-    import numpy as np
-    import pandas as pd
-
-    from regbench.data import load_raw
-    from regbench.leaderboard import publish
-    from regbench.metrics import majority_baseline
-    from regbench.runner import Plan
-    from regbench.splits import split_dev
-    from regbench.store import Store, default_url
+    from regbench.leaderboard import publish_suite
+    from regbench.store import Store, storage_url
     from regbench.suite import load_suite
-    from regbench.tasks import get_task
 
     suite = load_suite(args.suite)
-    frame = Store(args.storage or default_url(suite.name)).frame(suite.name)
-    # A suite name may hold runs of other models or recipes (flags override a suite): keep this
-    # setup's alone, as the header will describe it.
-    frame = frame[(frame.model == suite.model) & (frame.data_seed == suite.data_seed)
-                  & frame.recipe.map(lambda r: r == suite.recipe.as_dict())]
-    expected = pd.DataFrame(
-        [(c.regularizer, c.task, c.size, seed)
-         for c in Plan.of(suite).cells for seed in suite.final_seeds],
-        columns=["regularizer", "task", "n_train", "seed"])
-    baselines = {}
-    for name in suite.tasks:
-        task, raw = get_task(name), load_raw(get_task(name), args.data_dir)
-        _, test = split_dev(task, raw["dev"]["label"])
-        baselines[name] = majority_baseline(task, raw["train"]["label"],
-                                            np.asarray(raw["dev"]["label"])[test])
-    meta = {"suite": suite.name, "description": suite.description.strip(), "model": suite.model,
-            "recipe": suite.recipe.as_dict(), "tuning": vars(suite.tuning),
-            "final_seeds": list(suite.final_seeds), "tuning_seeds": list(suite.tuning_seeds),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    path = publish(frame, expected, args.out, suite.name, meta, baselines)
+    frame = Store(storage_url(suite.name, args.storage)).frame(suite.name)
+    path = publish_suite(suite, frame, args.out, args.data_dir)
     print(f"leaderboard of {len(frame)} stored runs written to {path}")
 
 

@@ -191,9 +191,18 @@ def _cached_features(task: Task, model: str, max_length: int, data_dir: str | No
     return load_features(task, load_tokenizer(model), max_length, data_dir)
 
 
+@lru_cache(maxsize=32)
+def _cached_task_data(task: Task, n_train: int, data_seed: int, model: str, max_length: int,
+                      data_dir: str | None) -> TaskData:
+    features = _cached_features(task, model, max_length, data_dir)
+    return TaskData.prepare(task, features, n_train, data_seed)
+
+
 def task_data(task: Task, n_train: int, data_seed: int, model: str, max_length: int,
               data_dir: str | os.PathLike | None = None) -> TaskData:
-    """The examples one run trains and evaluates on; features are read once per process."""
+    """The examples one run trains and evaluates on, prepared once per process: a suite asks
+    for the same (task, N, data seed) for every regularizer and seed. Callers must not change
+    the returned examples."""
     root = glue_dir(data_dir)  # resolved here: the environment may change between calls
-    features = _cached_features(task, model, max_length, str(root) if root else None)
-    return TaskData.prepare(task, features, n_train, data_seed)
+    return _cached_task_data(task, n_train, data_seed, model, max_length,
+                             str(root) if root else None)

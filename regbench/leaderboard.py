@@ -19,6 +19,10 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from regbench.data import load_raw
+from regbench.metrics import majority_baseline
+from regbench.runner import Plan
+from regbench.splits import split_dev
 from regbench.stats import (
     CONFIDENCE,
     bootstrap_ci,
@@ -29,7 +33,8 @@ from regbench.stats import (
     wilcoxon,
 )
 from regbench.store import DIVERGED, FAILED, FINISHED, SETTLED
-from regbench.tasks import TASKS
+from regbench.suite import Suite
+from regbench.tasks import TASKS, get_task
 
 VANILLA = "vanilla"  # the reference of every paired test and of the cost ratio
 ALPHA = 0.05  # after Holm's correction
@@ -84,6 +89,31 @@ def publish(frame: pd.DataFrame, expected: pd.DataFrame | None, out_dir: Path, n
     markdown = out_dir / f"{name}.md"
     markdown.write_text(render_markdown(board, [image.name for image in images]))
     return markdown
+
+
+def publish_suite(suite: Suite, frame: pd.DataFrame, out_dir: Path,
+                  data_dir: str | None = None) -> Path:
+    """`publish` for one suite: its plan, the failure baselines of its tasks, and its runs."""
+    # A suite name may hold runs of other models or recipes (flags override a suite): keep this
+    # setup's alone, as the header will describe it.
+    frame = frame[(frame.model == suite.model) & (frame.data_seed == suite.data_seed)
+                  & frame.recipe.map(lambda r: r == suite.recipe.as_dict())]
+    expected = pd.DataFrame(
+        [(c.regularizer, c.task, c.size, seed)
+         for c in Plan.of(suite).cells for seed in suite.final_seeds],
+        columns=["regularizer", "task", "n_train", "seed"])
+    baselines = {}
+    for name in suite.tasks:
+        task = get_task(name)
+        raw = load_raw(task, data_dir)
+        _, test = split_dev(task, raw["dev"]["label"])
+        baselines[name] = majority_baseline(task, raw["train"]["label"],
+                                            np.asarray(raw["dev"]["label"])[test])
+    meta = {"suite": suite.name, "description": suite.description.strip(), "model": suite.model,
+            "recipe": suite.recipe.as_dict(), "tuning": vars(suite.tuning),
+            "final_seeds": list(suite.final_seeds), "tuning_seeds": list(suite.tuning_seeds),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return publish(frame, expected, out_dir, suite.name, meta, baselines)
 
 
 def build(frame: pd.DataFrame, expected: pd.DataFrame | None = None,

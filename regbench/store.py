@@ -55,7 +55,10 @@ runs = sa.Table(
 )
 
 
-def default_url(suite: str) -> str:
+def storage_url(suite: str, url: str | None = None) -> str:
+    """`url` when one is given, else the suite's own SQLite file, `runs/<suite>.db`."""
+    if url:
+        return url
     path = Path("runs") / f"{suite}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"

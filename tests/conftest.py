@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from regbench import plugins
 from regbench.features import CACHE_ENV, Examples, TaskData, task_data
 from regbench.harness import Recipe
 from regbench.modeling import load_model
@@ -68,6 +69,45 @@ def minilm():
 def rte_batch(rte_data):
     """Eight real RTE examples, padded as the harness pads them."""
     return rte_data.train.collate(list(range(8)), pad_id=0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+def _forget_discovery() -> None:
+    plugins._discover.cache_clear()
+    plugins.get_regularizer.cache_clear()
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """`installed(folder, ...)` makes the distributions in those folders visible to this test:
+    importlib.metadata finds them on sys.path. Discovery's caches are dropped on both sides."""
+
+    def install(*folders: Path) -> None:
+        for folder in folders:
+            monkeypatch.syspath_prepend(folder)
+        _forget_discovery()
+
+    yield install
+    _forget_discovery()  # before monkeypatch restores sys.path; the next lookup sees the old one
+
+
+def _dist_info(site: Path, name: str, entry_points: dict[str, str]) -> Path:
+    """A distribution as an installer leaves it, with no build: `<name>.dist-info` in `site`."""
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        f"[{plugins.GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    return site
+
+
+@pytest.fixture
+def dist_info():
+    return _dist_info
 
 
 @pytest.fixture(autouse=True)

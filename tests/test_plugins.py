@@ -38,35 +38,6 @@ def _python(*args: str, path: tuple[Path, ...] = (), **env: str) -> subprocess.C
                           env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(pythonpath)})
 
 
-def _forget_discovery() -> None:
-    plugins._discover.cache_clear()
-    plugins.get_regularizer.cache_clear()
-
-
-@pytest.fixture
-def installed(monkeypatch):
-    """`installed(folder, ...)` makes the distributions in those folders visible to this test:
-    importlib.metadata finds them on sys.path. Discovery's caches are dropped on both sides."""
-
-    def install(*folders: Path) -> None:
-        for folder in folders:
-            monkeypatch.syspath_prepend(folder)
-        _forget_discovery()
-
-    yield install
-    _forget_discovery()  # before monkeypatch restores sys.path; the next lookup sees the old one
-
-
-def _dist_info(site: Path, name: str, entry_points: dict[str, str]) -> Path:
-    """A distribution as an installer leaves it, with no build: `<name>.dist-info` in `site`."""
-    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        f"[{plugins.GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
-    return site
-
-
 @pytest.fixture(scope="session")
 def rdrop_site(tmp_path_factory) -> Path:
     """The example plugin, installed by pip into a folder of its own: nothing global changes."""
@@ -198,8 +169,9 @@ def test_with_dropout_the_loss_follows_the_definition(rdrop, task_name, request)
     torch.testing.assert_close(grad, torch.autograd.grad(expected, weight)[0])
 
 
-def test_a_plugin_that_fails_to_import_is_reported_and_spares_the_others(tmp_path, installed):
-    site = _dist_info(tmp_path, "regbench-broken", {"broken": "regbench_broken:Broken"})
+def test_a_plugin_that_fails_to_import_is_reported_and_spares_the_others(tmp_path, installed,
+                                                                         dist_info):
+    site = dist_info(tmp_path, "regbench-broken", {"broken": "regbench_broken:Broken"})
     (site / "regbench_broken.py").write_text("import a_dependency_that_is_not_installed\n")
     installed(site)
     assert "broken" in plugins.names()  # listing imports nothing, so it cannot fail
@@ -213,8 +185,9 @@ def test_a_plugin_that_fails_to_import_is_reported_and_spares_the_others(tmp_pat
         plugins.build("broken")
 
 
-def test_two_distributions_claiming_one_name_is_an_error_naming_both(tmp_path, installed):
-    installed(_dist_info(tmp_path, "regbench-extras", {"l2sp": "regbench_extras:L2SP"}))
+def test_two_distributions_claiming_one_name_is_an_error_naming_both(tmp_path, installed,
+                                                                     dist_info):
+    installed(dist_info(tmp_path, "regbench-extras", {"l2sp": "regbench_extras:L2SP"}))
     with pytest.raises(RegbenchError, match="several distributions") as error:
         plugins.build("l2sp")
     claimants = re.search(r"distributions: (\S+) and (\S+)\.", str(error.value))

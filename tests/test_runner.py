@@ -89,9 +89,11 @@ class Plugin(Regularizer):
 """
 
 
-def test_failures_are_stored_and_the_suite_goes_on(glue_dir, tmp_path, install_plugin):
-    install_plugin("regbench-raising", "raising", RAISING)
-    install_plugin("regbench-diverging", "diverging", DIVERGING)
+def test_failures_are_stored_and_the_suite_goes_on(glue_dir, tmp_path, installed, dist_info):
+    for name, source in (("raising", RAISING), ("diverging", DIVERGING)):
+        (tmp_path / f"regbench_{name}.py").write_text(source)
+        dist_info(tmp_path, f"regbench-{name}", {name: f"regbench_{name}:Plugin"})
+    installed(tmp_path)
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
     suite = tiny_suite(regularizers=["raising", "diverging", "vanilla"], final_seeds=[1])
     tally = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
