@@ -116,10 +116,11 @@ def cmd_run(args) -> None:
         print(f"\n{len(plan.cells)} studies, {plan.total_runs()} runs, about {total:.0f} minutes "
               f"without pruning or cached runs; results in {storage}")
         return
-    tally = SuiteRunner(suite, storage, args.device, args.data_dir, force=args.force).run()
-    print(f"suite {suite.name}: {tally.executed} runs trained, {tally.cached} already stored, "
-          f"{tally.failed} failed, {tally.saved_by_pruning:.1f} runs' training saved by the "
-          f"pruner; results in {storage}")
+    tally = SuiteRunner(suite, storage, args.device, args.data_dir, force=args.force,
+                        heartbeat_timeout=args.heartbeat_timeout).run()
+    print(f"suite {suite.name}: {tally.executed} runs trained, {tally.pruned} pruned partway, "
+          f"{tally.cached} already stored, {tally.failed} failed, {tally.saved_by_pruning:.1f} "
+          f"runs' training saved by the pruner; results in {storage}")
 
 
 def cmd_results(args) -> None:
@@ -217,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--sizes", type=_ints, help="comma-separated training-set sizes")
     run.add_argument("--seeds", type=_ints, help="comma-separated final seeds")
     run.add_argument("--regularizers", type=_names, help="comma-separated")
-    run.add_argument("--trials", type=int, help="tuning trials per study")
+    run.add_argument("--trials", type=int,
+                     help="tuning trials per study; 0 tunes nothing and runs the defaults")
     run.add_argument("--model")
     run.add_argument("--device", default="auto")
     run.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///runs/<suite>.db)")
     run.add_argument("--force", action="store_true", help="rerun runs that are already stored")
+    run.add_argument("--heartbeat-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="take over the work of another worker not heard from in this long "
+                     "(default 300)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate")
     _add_data_options(run)
     run.set_defaults(run=cmd_run)

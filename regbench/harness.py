@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -22,6 +21,8 @@ from regbench.plugin import Context, Regularizer
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -40,6 +41,14 @@ class Recipe:
     group_by_length: bool = True
     evaluations: int = 4  # validation passes spread over training; the pruner sees each one
     eval_batch_size: int = 64
+    # bf16 autocast, as the Trainer's `bf16` flag. "auto" takes it wherever the device computes
+    # bf16 natively (recent GPUs, CPUs with AVX512-BF16 or AMX), where it halves a run's time.
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise RegbenchError(f"Recipe precision {self.precision!r} is not one of "
+                                f"{', '.join(PRECISIONS)}.")
 
     @classmethod
     def from_dict(cls, values: dict) -> Recipe:
@@ -77,21 +86,29 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def mixed_precision(precision: str, device: torch.device) -> bool:
+    """Whether a run of this precision setting computes in bf16 on `device`."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported()
+                                     or torch.cpu._is_amx_tile_supported())
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batch_size: int,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, bf16: bool = False) -> dict[str, float]:
     model.eval()
     logits = np.empty((len(examples), task.num_labels), dtype=np.float32)
     for indices in evaluation_batches(examples.lengths, batch_size):
         batch = {k: v.to(device) for k, v in examples.collate(indices, pad_id).items()
                  if k != "labels"}
-        with _autocast(device):
+        with _autocast(device, bf16):
             logits[indices] = model(**batch).logits.float().cpu().numpy()
     model.train()
     return compute_metrics(task, predictions_from_logits(task, logits), examples.labels)
@@ -99,10 +116,10 @@ def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batc
 
 def training_step(network: torch.nn.Module, regularizer: Regularizer,
                   optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-                  max_grad_norm: float) -> float:
+                  max_grad_norm: float, bf16: bool = False) -> float:
     """One optimiser step on `batch`; returns the training loss. A non-finite loss changes
     nothing: the caller decides what a diverged run means."""
-    with _autocast(batch["input_ids"].device):
+    with _autocast(batch["input_ids"].device, bf16):
         outputs = network(**batch, output_hidden_states=regularizer.needs_hidden_states)
         loss = regularizer.loss(network, batch, outputs, outputs.loss)
     value = loss.item()  # the one host sync of a step
@@ -141,6 +158,7 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
     checkpoints = {math.ceil(total * k / recipe.evaluations)
                    for k in range(1, recipe.evaluations + 1)} if on_evaluate else {total}
     order = torch.Generator().manual_seed(seed)
+    bf16 = mixed_precision(recipe.precision, device)
     result = RunResult(status="finished")
 
     def batches():
@@ -152,7 +170,8 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
               disable=not progress, leave=False, unit="step") as bar:
         for step, indices in enumerate(batches(), start=1):
             batch = {k: v.to(device) for k, v in data.train.collate(indices, pad_id).items()}
-            value = training_step(network, regularizer, optimizer, batch, recipe.max_grad_norm)
+            value = training_step(network, regularizer, optimizer, batch, recipe.max_grad_norm,
+                                  bf16)
             if not math.isfinite(value):
                 result.status = "diverged"
                 result.error = f"training loss became {value} at step {step} of {total}"
@@ -164,13 +183,14 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
             result.steps = step
             if step in checkpoints:
                 result.validation = evaluate(network, data.validation, task, pad_id,
-                                             recipe.eval_batch_size, device)
+                                             recipe.eval_batch_size, device, bf16)
                 result.history.append((step, result.validation[task.metric]))
                 if on_evaluate is not None:
                     on_evaluate(step, result.validation[task.metric])
             if step == total:
                 break
     if result.status == "finished" and test:
-        result.test = evaluate(network, data.test, task, pad_id, recipe.eval_batch_size, device)
+        result.test = evaluate(network, data.test, task, pad_id, recipe.eval_batch_size, device,
+                               bf16)
     result.seconds = time.perf_counter() - started
     return result

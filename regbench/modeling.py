@@ -55,10 +55,13 @@ def _pretrained(model: str, num_labels: int, problem_type: str):
 def load_model(model: str, task: Task, seed: int) -> tuple[torch.nn.Module, frozenset[str]]:
     """The pretrained encoder with a fresh task head, and the names of the parameters that the
     checkpoint did not hold (the head). The head's initialisation depends on `seed` alone."""
-    # Reading the checkpoint once per process and copying it saves a second on every run.
-    pristine, info = _pretrained(
-        model, task.num_labels,
-        "regression" if task.is_regression else "single_label_classification")
+    # Reading the checkpoint once per process and copying it saves a second on every run. The
+    # read initialises the missing head from the global RNG: it gets a fork of it, so that a run
+    # draws the same dropout masks whether it read the checkpoint or copied it.
+    with torch.random.fork_rng(devices=[]):
+        pristine, info = _pretrained(
+            model, task.num_labels,
+            "regression" if task.is_regression else "single_label_classification")
     network = copy.deepcopy(pristine)
     new = frozenset(info["missing_keys"])
     generator = torch.Generator().manual_seed(seed)

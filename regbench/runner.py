@@ -1,5 +1,6 @@
 """Running a suite: one study per (regularizer, task, size), then its final seeds, every run
-stored once. Rerunning skips what is stored, so an interrupted suite resumes where it stopped."""
+stored once. Rerunning skips what is stored, so an interrupted suite resumes where it stopped, and
+runners that share the storage share the work."""
 
 from __future__ import annotations
 
@@ -9,19 +10,32 @@ import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from regbench.features import task_data
-from regbench.harness import Recipe, fine_tune, pick_device
+from regbench.harness import Recipe, fine_tune, mixed_precision, pick_device
 from regbench.modeling import model_depth
 from regbench.plugins import build, get_regularizer
-from regbench.store import FAILED, FINISHED, PRUNED, SETTLED, Store, provenance, run_key
+from regbench.store import (
+    FAILED,
+    FINISHED,
+    PRUNED,
+    SETTLED,
+    Store,
+    engine_options,
+    provenance,
+    run_key,
+    tolerate_creation_race,
+)
 from regbench.suite import Suite
 from regbench.tasks import get_task
-from regbench.tuning import RUN_FAILED, open_study, spent_trials, suggest
+from regbench.tuning import RUN_FAILED, open_study, retry, slot_key, start_trial, suggest
+from regbench.workers import Claim, Worker
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +62,10 @@ class Plan:
         return cls(suite, cells, model_depth(suite.model))
 
     def space(self, cell: Cell) -> dict[str, Any]:
-        """What the tuner searches: the plugin's space less the options the suite fixes."""
+        """What the tuner searches: the plugin's space less the options the suite fixes; nothing
+        when the suite tunes nothing (zero trials: every regularizer runs with its defaults)."""
+        if not self.suite.tuning.trials:
+            return {}
         fixed = self.suite.regularizers[cell.regularizer]
         return {k: v for k, v in get_regularizer(cell.regularizer).search_space(self.depth).items()
                 if k not in fixed}
@@ -83,23 +100,39 @@ class RunFailed(Exception):
 
 @dataclass
 class Tally:
-    executed: int = 0
-    cached: int = 0
+    executed: int = 0  # trained to the end
+    pruned: int = 0  # stopped partway by the pruner
+    cached: int = 0  # stored before, or by another worker
     failed: int = 0
     saved_by_pruning: float = 0.0  # tuning runs, in whole runs, that pruned trials did not train
     seconds: list[float] = field(default_factory=list)
 
 
+WAITING = object()  # what `tune` returns while other workers run the study's last trials
+
+
 class SuiteRunner:
+    """One worker of a suite. Every piece of work (a trial, a final run) is claimed in the suite's
+    database before it runs, so any number of runners can share the suite; alone, a runner does
+    it all."""
+
     def __init__(self, suite: Suite, storage: str, device: str = "auto",
-                 data_dir: str | None = None, force: bool = False, progress: bool = True):
+                 data_dir: str | None = None, force: bool = False, progress: bool = True,
+                 heartbeat_timeout: float = 300.0):
         self.suite, self.storage, self.data_dir, self.force = suite, storage, data_dir, force
         self.device = pick_device(device)
         self.store = Store(storage)
+        self.studies = tolerate_creation_race(lambda: optuna.storages.RDBStorage(
+            storage, engine_kwargs=engine_options(storage)))
         self.plan = Plan.of(suite)
         self.tally = Tally()
         self.progress = progress
+        self.heartbeat_timeout = heartbeat_timeout
+        self.started = datetime.now(timezone.utc)
+        self.worker: Worker | None = None
         self._bar = None
+        self._counted: dict[Cell, int] = {}  # progress units of each cell shown so far
+        self._attempted: set[str] = set()  # final runs this worker has tried once
 
     # -- one run -----------------------------------------------------------------------------
     def _config(self, cell: Cell, params: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -109,15 +142,23 @@ class SuiteRunner:
                 "data_seed": self.suite.data_seed, "seed": seed, "model": self.suite.model,
                 "recipe": self.suite.recipe.as_dict()}
 
+    def _settled(self, stored: dict | None) -> bool:
+        """Whether a stored run counts as done; `--force` redoes those stored before it began."""
+        if stored is None or stored["status"] not in SETTLED:
+            return False
+        finished = stored["finished_at"]
+        return not self.force or (finished.replace(tzinfo=finished.tzinfo or timezone.utc)
+                                  >= self.started)
+
     def run_one(self, phase: str, cell: Cell, params: dict[str, Any], seed: int,
                 trial: int | None = None, on_evaluate=None) -> dict[str, Any]:
         """Train and store one run, or return the stored one."""
         config = self._config(cell, params, seed)
         key = run_key(config)
         stored = self.store.get(key)
-        if stored is not None and stored["status"] in SETTLED and not self.force:
+        if self._settled(stored):
             self.tally.cached += 1
-            self._advance()
+            self._advance(cell)
             return stored
         task = get_task(cell.task)
         data = task_data(task, cell.size, self.suite.data_seed, self.suite.model,
@@ -125,7 +166,9 @@ class SuiteRunner:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         row = {"key": key, "suite": self.suite.name, "phase": phase, "trial": trial, **config,
-               "provenance": provenance(str(self.device))}
+               "provenance": {**provenance(str(self.device)),
+                              "bf16": mixed_precision(self.suite.recipe.precision, self.device),
+                              "worker": self.worker.id}}
         started = time.perf_counter()
         try:
             result = fine_tune(data, build(cell.regularizer, params), seed, self.suite.model,
@@ -133,6 +176,7 @@ class SuiteRunner:
                                progress=self.progress, test=phase == "final")
         except optuna.TrialPruned:  # the objective advances the progress for the whole trial
             self.store.put({**row, "status": PRUNED, "seconds": time.perf_counter() - started})
+            self.tally.pruned += 1
             raise
         except Exception as err:  # a plugin or model bug must not end the suite
             log.error("%s %s seed %d failed: %s", cell.regularizer, cell.task, seed, err)
@@ -150,7 +194,7 @@ class SuiteRunner:
         self.store.put(row, replace=self.force)
         self.tally.executed += 1
         self.tally.seconds.append(row["seconds"])
-        self._advance()
+        self._advance(cell)
         return row
 
     def _peak_memory_mb(self) -> float:
@@ -160,81 +204,144 @@ class SuiteRunner:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     # -- tuning ------------------------------------------------------------------------------
-    def tune(self, cell: Cell) -> dict[str, Any] | None:
-        """The best parameters of the cell's study (run to its budget first), or None when no
-        trial completed."""
+    def tune(self, cell: Cell) -> dict[str, Any] | None | object:
+        """The best parameters of the cell's study, once its budget of trials is spent (this
+        worker runs the trials it can claim); None when no trial completed; WAITING while
+        other workers run the last ones."""
         fixed = self.suite.regularizers[cell.regularizer]
         space = self.plan.space(cell)
         if not space:
             return fixed
+        name = self.plan.study_name(cell)
+        steps = self.suite.recipe.total_steps(cell.size)
+        study = open_study(self.studies, name, self.suite.tuning,
+                           steps * len(self.suite.tuning_seeds))
         defaults = get_regularizer(cell.regularizer).defaults
+        budget = self.suite.tuning.trials
+        while True:
+            claims = []
+            for slot in range(budget):
+                claims.append(self.worker.claim(slot_key(name, slot)))
+                if claims[-1] is Claim.OURS:
+                    log.debug("%s: trial slot %d of %d", name, slot + 1, budget)
+                    trial = start_trial(study, slot, {k: defaults[k] for k in space},
+                                        self.suite.tuning.sampler_seed)
+                    self._run_trial(cell, study, trial, slot_key(name, slot), fixed, space)
+                    break
+            else:
+                break
+        if Claim.HELD in claims:
+            return WAITING
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            log.error("no trial of %s completed: its final runs are skipped", name)
+            return None
+        return {**fixed, **study.best_params}
+
+    def _run_trial(self, cell: Cell, study: optuna.Study, trial: optuna.Trial, claim: str,
+                   fixed: dict[str, Any], space: dict[str, Any]) -> None:
+        """Run one trial: the mean validation score over the tuning seeds, each reported to the
+        pruner as it comes, seed after seed on one axis."""
         seeds = self.suite.tuning_seeds
         steps = self.suite.recipe.total_steps(cell.size)
-        study = open_study(self.storage, self.plan.study_name(cell), self.suite.tuning,
-                           steps * len(seeds), {k: defaults[k] for k in space})
 
-        def objective(trial: optuna.Trial) -> float:
+        def objective() -> float:
             params = {**fixed, **suggest(trial, space)}
             scores = []
             for i, seed in enumerate(seeds):
                 def report(step: int, score: float, i: int = i) -> None:
-                    trial.report(score, i * steps + step)  # seed after seed, on one axis
+                    trial.report(score, i * steps + step)
                     if trial.should_prune():
-                        saved = len(seeds) - i - 1 + (steps - step) / steps
-                        self.tally.saved_by_pruning += saved
-                        self._advance(len(seeds) - i)
+                        self.tally.saved_by_pruning += len(seeds) - i - 1 + (steps - step) / steps
+                        self._advance(cell, len(seeds) - i)
                         raise optuna.TrialPruned()
 
                 row = self.run_one("tune", cell, params, seed, trial.number, report)
                 if row["status"] != FINISHED:
-                    self._advance(len(seeds) - i - 1)
-                    trial.set_user_attr(RUN_FAILED, True)
+                    self._advance(cell, len(seeds) - i - 1)
                     raise RunFailed(row["error"])
                 scores.append(row["validation_score"])
             return statistics.fmean(scores)
 
-        budget = self.suite.tuning.trials
-        done = len(spent_trials(study))
-        self._advance(min(done, budget) * len(seeds))
-        if done < budget:
-            log.info("tuning %s on %s, N=%d: %d of %d trials left", cell.regularizer, cell.task,
-                     cell.size, budget - done, budget)
-            study.optimize(objective, n_trials=budget - done, catch=(RunFailed,))
-        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            log.error("no trial of %s completed: its final runs are skipped",
-                      self.plan.study_name(cell))
-            return None
-        return {**fixed, **study.best_params}
+        try:
+            value = objective()
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except RunFailed:
+            trial.set_user_attr(RUN_FAILED, True)
+            study.tell(trial, state=TrialState.FAIL)
+        except BaseException:  # interrupted: whoever claims the slot next runs these params
+            study.tell(trial, state=TrialState.FAIL)
+            retry(study, trial)
+            self.worker.release(claim)
+            raise
+        else:
+            study.tell(trial, value)
+        self.worker.finish(claim)
 
     # -- the suite ---------------------------------------------------------------------------
+    def _final_runs(self, cell: Cell, params: dict[str, Any]) -> bool:
+        """Train the final seeds this worker can claim; True once none is left to anyone."""
+        complete = True
+        for seed in self.suite.final_seeds:
+            key = run_key(self._config(cell, params, seed))
+            if key in self._attempted:
+                continue
+            claimed = not self._settled(self.store.get(key))
+            if claimed and self.worker.claim(key) is not Claim.OURS:
+                complete = False
+                continue
+            try:
+                self.run_one("final", cell, params, seed)  # a stored run comes back as cached
+            finally:
+                if claimed:
+                    self.worker.release(key)
+            self._attempted.add(key)
+        return complete
+
+    def _work_on(self, cell: Cell) -> bool:
+        """Do what this worker can of the cell; True once the cell is complete."""
+        params = self.tune(cell)
+        if params is WAITING:
+            return False
+        if params is not None and not self._final_runs(cell, params):
+            return False
+        self._advance(cell, self.plan.tuning_runs(cell) + len(self.suite.final_seeds)
+                      - self._counted.get(cell, 0))  # what other workers did, or skipped runs
+        return True
+
     def run(self) -> Tally:
         from tqdm.auto import tqdm
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         log.info("suite %s: %d cells, %d runs planned, storage %s, device %s", self.suite.name,
                  len(self.plan.cells), self.plan.total_runs(), self.storage, self.device)
-        with tqdm(total=self.plan.total_runs(), desc=f"suite {self.suite.name}", unit="run",
-                  disable=not self.progress) as self._bar:
-            for cell in self.plan.cells:
-                params = self.tune(cell)
-                if params is None:
-                    self._advance(len(self.suite.final_seeds))
-                    continue
-                for seed in self.suite.final_seeds:
-                    self.run_one("final", cell, params, seed)
-        log.info("suite %s: %d runs trained, %d cached, %d failed, %.1f runs saved by the pruner",
-                 self.suite.name, self.tally.executed, self.tally.cached, self.tally.failed,
-                 self.tally.saved_by_pruning)
+        with (Worker(self.store.engine, self.heartbeat_timeout) as self.worker,
+              tqdm(total=self.plan.total_runs(), desc=f"suite {self.suite.name}", unit="run",
+                   disable=not self.progress) as self._bar):
+            pending = self.plan.cells
+            while pending:
+                before = self.tally.executed + self.tally.pruned
+                pending = [cell for cell in pending if not self._work_on(cell)]
+                if pending and self.tally.executed + self.tally.pruned == before:
+                    log.info("waiting for other workers on %d cells; work of a worker not heard "
+                             "from in %.0f s is taken over", len(pending), self.heartbeat_timeout)
+                    time.sleep(self.worker.interval)
+        log.info("suite %s: %d runs trained, %d pruned, %d cached, %d failed, %.1f runs saved by "
+                 "the pruner", self.suite.name, self.tally.executed, self.tally.pruned,
+                 self.tally.cached, self.tally.failed, self.tally.saved_by_pruning)
         return self.tally
 
-    def _advance(self, n: int = 1) -> None:
+    def _advance(self, cell: Cell, n: int = 1) -> None:
+        self._counted[cell] = self._counted.get(cell, 0) + max(n, 0)
         if self._bar is None or n <= 0:
             return
         self._bar.update(n)
         left = self._bar.total - self._bar.n
-        eta = statistics.fmean(self.tally.seconds) * left if self.tally.seconds else float("nan")
+        pace = statistics.fmean(self.tally.seconds) / max(1, self.worker.live_workers()) \
+            if self.tally.seconds else float("nan")
         self._bar.set_postfix(trained=self.tally.executed, cached=self.tally.cached,
-                              failed=self.tally.failed, eta=f"{eta / 60:.0f} min", refresh=False)
+                              failed=self.tally.failed, eta=f"{pace * left / 60:.0f} min",
+                              refresh=False)
 
 
 def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = None) -> dict:

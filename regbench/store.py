@@ -1,6 +1,7 @@
 """The results store: one row per run, keyed by a hash of everything that decides its outcome.
 
-The same database (a SQLAlchemy URL; SQLite by default) holds the Optuna studies of the suite.
+The same database (a SQLAlchemy URL; SQLite by default, PostgreSQL or MySQL for workers on several
+machines) holds the Optuna studies of the suite and the claims of its workers.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import hashlib
 import json
 import platform
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import sqlalchemy as sa
@@ -24,6 +26,7 @@ DIVERGED = "diverged"  # the training loss stopped being finite: a result, not a
 FAILED = "failed"  # raised: a final run is retried when the suite runs again
 PRUNED = "pruned"  # a tuning run the pruner stopped; kept to count what pruning saved
 SETTLED = (FINISHED, DIVERGED)  # outcomes that a rerun keeps
+T = TypeVar("T")
 
 metadata = sa.MetaData()
 runs = sa.Table(
@@ -64,6 +67,40 @@ def storage_url(suite: str, url: str | None = None) -> str:
     return f"sqlite:///{path}"
 
 
+def engine_options(url: str) -> dict[str, Any]:
+    """What an engine needs when several processes write to one database: SQLite waits for the
+    lock (a minute) rather than failing at once; a server's connections are checked before use,
+    as a worker may sit idle longer than the server keeps a connection open."""
+    if sa.make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def create_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, **engine_options(url))
+    if engine.dialect.name == "sqlite":
+        # Take the write lock when a transaction begins: a reader that turns writer midway is
+        # refused at once, without waiting, when another process writes.
+        @sa.event.listens_for(engine, "connect")
+        def _no_implicit_begin(dbapi_connection, _):
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin_immediate(connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    return engine
+
+
+def tolerate_creation_race(create: Callable[[], T]) -> T:
+    """`create()`, again if it fails once: workers that start together on a new database race to
+    create its tables (PostgreSQL then refuses the loser's CREATE TABLE), and on the second try
+    the loser finds them made."""
+    try:
+        return create()
+    except sa.exc.DatabaseError:
+        return create()
+
+
 def run_key(config: dict[str, Any]) -> str:
     """The content hash of a run: regularizer, its version and params, task, size, seeds, model,
     recipe and regbench's version. Nothing else may change a result."""
@@ -88,8 +125,8 @@ def provenance(device: str) -> dict[str, Any]:
 
 class Store:
     def __init__(self, url: str):
-        self.engine = sa.create_engine(url)
-        metadata.create_all(self.engine)
+        self.engine = create_engine(url)
+        tolerate_creation_race(lambda: metadata.create_all(self.engine))
 
     def get(self, key: str) -> dict | None:
         with self.engine.connect() as connection:
@@ -100,6 +137,12 @@ class Store:
         """Write one run in one transaction. A settled run is replaced only when asked, and only
         by another settled one: a crash never erases a result."""
         row = {**row, "finished_at": datetime.now(timezone.utc)}
+        try:
+            self._write(row, replace)
+        except sa.exc.IntegrityError:  # another worker stored the same run meanwhile: decide again
+            self._write(row, replace)
+
+    def _write(self, row: dict[str, Any], replace: bool) -> None:
         with self.engine.begin() as connection:
             existing = connection.execute(
                 sa.select(runs.c.status).where(runs.c.key == row["key"])).scalar()

@@ -112,8 +112,8 @@ def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
     tuning = Tuning(**tuning)
     if tuning.pruner not in PRUNERS:
         raise fail("tuning", f"has pruner {tuning.pruner!r}; the pruners are {', '.join(PRUNERS)}.")
-    if not isinstance(tuning.trials, int) or tuning.trials < 1:
-        raise fail("tuning", f"needs at least one trial, not {tuning.trials!r}.")
+    if not isinstance(tuning.trials, int) or tuning.trials < 0:
+        raise fail("tuning", f"needs a number of trials, 0 for none, not {tuning.trials!r}.")
 
     recipe = values.get("recipe") or {}
     if not isinstance(recipe, dict):
@@ -156,5 +156,8 @@ def override(suite: Suite, **changes: Any) -> Suite:
     _check_seeds(changes.get("final_seeds", suite.final_seeds), suite.tuning_seeds,
                  "the command line")
     if "trials" in changes:
+        if changes["trials"] < 0:
+            raise RegbenchError(f"--trials {changes['trials']}: give a number of trials, "
+                                "0 for none.")
         changes["tuning"] = dataclasses.replace(suite.tuning, trials=changes.pop("trials"))
     return dataclasses.replace(suite, **changes)

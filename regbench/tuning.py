@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -16,6 +17,7 @@ from optuna.trial import TrialState
 from regbench.suite import Tuning
 
 RUN_FAILED = "run_failed"  # user attribute of a trial whose run raised or diverged
+SLOT = "slot"  # user attribute: the budget slot a trial ran in
 
 
 def make_pruner(tuning: Tuning, max_resource: int) -> optuna.pruners.BasePruner:
@@ -28,27 +30,50 @@ def make_pruner(tuning: Tuning, max_resource: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(storage: str, name: str, tuning: Tuning, max_resource: int,
-               first_params: dict[str, Any]) -> optuna.Study:
-    """The study of one (regularizer, task, size), created on first use; its first trial is the
-    plugin's defaults, so tuning can only improve on them. Trials that a killed or interrupted
-    process left unfinished are queued again with their parameters: their finished runs are
-    stored, so little is redone. (One process per study: another's running trial would look
-    interrupted.)"""
-    study = optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=tuning.sampler_seed),
-        pruner=make_pruner(tuning, max_resource))
-    if not study.trials and first_params:
-        study.enqueue_trial(first_params)
-    retried = {t.user_attrs.get("retry_of") for t in study.trials}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
-        if trial.user_attrs.get(RUN_FAILED) or trial.number in retried:
-            continue
+def open_study(storage: optuna.storages.BaseStorage, name: str, tuning: Tuning,
+               max_resource: int) -> optuna.Study:
+    """The study of one (regularizer, task, size), created by whichever worker comes first."""
+    return optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                               load_if_exists=True, pruner=make_pruner(tuning, max_resource))
+
+
+def make_sampler(sampler_seed: int, slot: int) -> optuna.samplers.BaseSampler:
+    """The sampler of the trial in `slot`. Seeded by the slot as well as the suite, so workers that
+    sample at once draw apart, where one seed would give them all the same first random trial; and
+    one worker alone draws the same trials on every rerun. The constant liar counts running trials
+    as bad, so parallel trials also spread once TPE takes over."""
+    seed = int(np.random.SeedSequence([sampler_seed, slot]).generate_state(1)[0])
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def slot_key(study_name: str, slot: int) -> str:
+    """The claim on one trial of a study's budget: workers run a trial only in a slot they hold,
+    so together they run the budget and no more."""
+    return f"{study_name}/trial-{slot}"
+
+
+def start_trial(study: optuna.Study, slot: int, defaults: dict[str, Any],
+                sampler_seed: int) -> optuna.Trial:
+    """A new trial in `slot`, which the caller holds. A trial left running there by a dead worker
+    is closed and its parameters queued again, so the runs it stored serve again. Slot 0's first
+    trial is the plugin's defaults, so tuning can only improve on them."""
+    before = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SLOT) == slot]
+    for trial in before:
         if trial.state == TrialState.RUNNING:
             study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params or first_params, user_attrs={"retry_of": trial.number})
-    return study
+            retry(study, trial)
+    if slot == 0 and not before and defaults:
+        # A worker that died between queueing the defaults and taking them left them queued.
+        study.enqueue_trial(defaults, skip_if_exists=True)
+    study.sampler = make_sampler(sampler_seed, slot)
+    trial = study.ask()  # a queued trial first, if any
+    trial.set_user_attr(SLOT, slot)
+    return trial
+
+
+def retry(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
+    """Queue the parameters of a trial that was cut off, for the next trial to take."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
 def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str, Any]:
@@ -65,10 +90,3 @@ def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str
         else:
             raise TypeError(f"search space entry {name!r}: unsupported {type(dist).__name__}")
     return values
-
-
-def spent_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count against the budget: completed, pruned, or failed by their run."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or (t.state == TrialState.FAIL and t.user_attrs.get(RUN_FAILED))]

@@ -138,3 +138,4 @@ def install_plugin(tmp_path, monkeypatch):
     yield install
     plugins._discover.cache_clear()
     plugins.get_regularizer.cache_clear()
+

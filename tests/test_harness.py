@@ -1,8 +1,11 @@
 
+import dataclasses
+
 import pytest
 import torch
 
-from regbench.harness import Recipe, fine_tune
+from regbench import modeling
+from regbench.harness import Recipe, fine_tune, mixed_precision
 from regbench.modeling import load_model
 from regbench.plugin import Regularizer
 from regbench.registry.vanilla import Vanilla
@@ -10,7 +13,9 @@ from regbench.tasks import get_task
 
 
 def test_same_seed_same_metrics_on_cpu(stsb_data, tiny_recipe):
-    # STS-B's correlations are continuous: any difference in the weights would show.
+    # STS-B's correlations are continuous: any difference in the weights would show. The first
+    # run reads the checkpoint from disk, the second copies it: that must not change a thing.
+    modeling._pretrained.cache_clear()
     first = fine_tune(stsb_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
     second = fine_tune(stsb_data, Vanilla(), seed=3, recipe=tiny_recipe, progress=False)
     other = fine_tune(stsb_data, Vanilla(), seed=4, recipe=tiny_recipe, progress=False)
@@ -108,3 +113,16 @@ def test_min_steps_extends_small_runs():
 def test_unknown_recipe_key_is_named():
     with pytest.raises(Exception, match="learning_rat.*the recipe has"):
         Recipe.from_dict({"learning_rat": 1e-5})
+
+
+def test_precision_decides_the_autocast(stsb_data, tiny_recipe):
+    cpu = torch.device("cpu")
+    assert mixed_precision("bf16", cpu) and not mixed_precision("fp32", cpu)
+    assert mixed_precision("auto", cpu) == (torch.cpu._is_avx512_bf16_supported()
+                                            or torch.cpu._is_amx_tile_supported())
+    runs = {p: fine_tune(stsb_data, Vanilla(), seed=1, device=cpu, progress=False,
+                         recipe=dataclasses.replace(tiny_recipe, precision=p))
+            for p in ("fp32", "bf16")}
+    assert runs["fp32"].status == runs["bf16"].status == "finished"
+    # bf16 rounds every matmul: the same run ends with other predictions, so other correlations
+    assert runs["fp32"].validation != runs["bf16"].validation

@@ -123,6 +123,11 @@ def test_plan_counts_runs():
     assert plan.total_runs() == 2 * 2 * 2 + 4 * 2
 
 
+def test_zero_trials_tune_nothing():
+    plan = Plan.of(tiny_suite(tuning={"trials": 0}))
+    assert not plan.tuned and plan.total_runs() == 2 * 2
+
+
 def _write_suite(tmp_path, seeds):
     path = tmp_path / "killme.yaml"
     path.write_text(f"tasks: [rte]\nsizes: [16]\nregularizers: [weight_decay]\n"

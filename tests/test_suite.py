@@ -43,6 +43,10 @@ def test_user_yaml_by_path(tmp_path):
     ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\nfinal_seeds: [1, 2]\n"
      "tuning_seeds: [2, 3]\n", r"seeds \[2\] are both tuning and final seeds"),
     ("- rte\n", r"must be a mapping"),
+    ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\ntuning: {trials: -1}\n",
+     r"needs a number of trials, 0 for none"),
+    ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\nrecipe: {precision: fp16}\n",
+     r"precision 'fp16' is not one of auto, bf16, fp32"),
 ])
 def test_bad_suites_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"

@@ -1,0 +1,88 @@
+"""Sharing a suite: the throughput of two workers against one on the same machine, and what the
+database costs each run (claims, heartbeat, store, studies), on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from regbench.features import task_data
+from regbench.modeling import load_model
+from regbench.runner import SuiteRunner
+from regbench.store import Store
+from regbench.suite import load_suite
+from regbench.tasks import get_task
+
+# Untuned, so that one worker and two do the same runs: RTE, N = 64, three regularizers, four
+# seeds, max length 64: runs of a few seconds, as the quickstart's.
+SUITE = {"name": "bench", "tasks": ["rte"], "sizes": [64], "final_seeds": [1, 2, 3, 4],
+         "regularizers": ["vanilla", "weight_decay", "l2sp"], "tuning": {"trials": 0},
+         "recipe": {"epochs": 1, "min_steps": 16, "batch_size": 8, "max_length": 64,
+                    "evaluations": 1}}
+RUNS = 12
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_database(request, tmp_path):
+    """Empty databases of one kind, one per call."""
+    count = itertools.count()
+    if request.param == "sqlite":
+        return lambda: f"sqlite:///{tmp_path / f'{next(count)}.db'}"
+    create = request.getfixturevalue("new_postgres_database")
+    return lambda: create(f"bench_{next(count)}")
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(SUITE))
+    return path
+
+
+def _runs_per_hour(workers: int, url: str, suite_file, glue_dir) -> float:
+    """`workers` processes share the suite: runs over the wall time to the last one's end."""
+    command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite_file),
+               "--storage", url, "--data-dir", str(glue_dir), "--heartbeat-timeout", "20"]
+    started = time.perf_counter()
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for _ in range(workers)]
+    assert [p.wait() for p in processes] == [0] * workers
+    return RUNS / (time.perf_counter() - started) * 3600
+
+
+@pytest.mark.benchmark(group="workers")
+def test_two_workers_against_one(benchmark, new_database, suite_file, glue_dir):
+    rates = {1: [], 2: []}
+    for workers in (1, 2, 1, 2):  # alternate, so drifting load hits both alike
+        rates[workers].append(_runs_per_hour(workers, new_database(), suite_file, glue_dir))
+    one, two = max(rates[1]), max(rates[2])
+    benchmark.extra_info.update({"runs_per_hour_1": one, "runs_per_hour_2": two,
+                                 "ratio": two / one})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\n1 worker {one:.0f} runs/h, 2 workers {two:.0f} runs/h: {two / one:.2f}x "
+          f"(each worker's start-up included; {os.cpu_count()} cores)")
+
+
+@pytest.mark.benchmark(group="workers")
+def test_database_cost_per_run(benchmark, new_database, suite_file, glue_dir):
+    """A worker's wall time less the runs' own (model, training, evaluation), per run: claims,
+    store, studies and the loop around them. Data and checkpoint are loaded before the clock."""
+    suite = load_suite(str(suite_file))
+    task_data(get_task("rte"), 64, 0, suite.model, 64, str(glue_dir))
+    load_model(suite.model, get_task("rte"), seed=0)
+    url = new_database()
+    started = time.perf_counter()
+    SuiteRunner(suite, url, data_dir=str(glue_dir), progress=False).run()
+    wall = time.perf_counter() - started
+    runs = Store(url).frame(suite.name)
+    overhead, run = (wall - runs.seconds.sum()) / len(runs), runs.seconds.mean()
+    benchmark.extra_info.update({"overhead_ms_per_run": overhead * 1000, "run_seconds": run})
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\n{overhead * 1000:.0f} ms a run outside training, {overhead / run:.1%} of a "
+          f"{run:.1f} s run")

@@ -1,0 +1,205 @@
+"""Several workers on one suite: claims and heartbeats, then real worker processes on SQLite and
+on a real PostgreSQL server, one of them killed partway."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from regbench.leaderboard import publish_suite
+from regbench.runner import Cell, Plan
+from regbench.store import Store, create_engine
+from regbench.suite import load_suite
+from regbench.tuning import RUN_FAILED
+from regbench.workers import Claim, Worker, claims, workers
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'claims.db'}")
+    yield engine
+    engine.dispose()
+
+
+def test_a_claim_is_held_until_given_back_or_done(engine):
+    with Worker(engine) as a, Worker(engine) as b:
+        assert a.claim("run") is Claim.OURS
+        assert a.claim("run") is Claim.OURS  # claiming again is harmless
+        assert b.claim("run") is Claim.HELD
+        a.release("run")
+        assert b.claim("run") is Claim.OURS
+        b.finish("run")
+        assert a.claim("run") is Claim.DONE and b.claim("run") is Claim.DONE
+
+
+def _remote_worker(engine, seconds_silent: float) -> None:
+    """What a worker on another machine leaves in the database: its pid means nothing here."""
+    with engine.begin() as connection:
+        connection.execute(sa.insert(workers).values(
+            id="gpu-7", machine="elsewhere", host="gpu-7", pid=1,
+            heartbeat=time.time() - seconds_silent))
+        connection.execute(sa.insert(claims).values(key="run", worker="gpu-7", done=False))
+
+
+def _holder(engine) -> str:
+    with engine.connect() as connection:
+        return connection.execute(sa.select(claims.c.worker).where(claims.c.key == "run")).scalar()
+
+
+def test_a_worker_not_heard_from_is_taken_over_after_the_timeout(engine):
+    with Worker(engine, timeout=60) as local:
+        _remote_worker(engine, seconds_silent=50)
+        assert local.claim("run") is Claim.HELD  # silent for less than the timeout
+        with engine.begin() as connection:
+            connection.execute(sa.update(workers).where(workers.c.id == "gpu-7")
+                               .values(heartbeat=time.time() - 61))
+        assert local.claim("run") is Claim.OURS
+        assert _holder(engine) == local.id
+
+
+def test_a_worker_killed_on_this_machine_is_taken_over_at_once(engine):
+    url = engine.url.render_as_string(hide_password=False)
+    code = ("import sys, time; from regbench.store import create_engine; "
+            "from regbench.workers import Worker; "
+            "Worker(create_engine(sys.argv[1])).claim('run'); print('claimed', flush=True); "
+            "time.sleep(600)")
+    process = subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "claimed"
+    process.kill()
+    process.wait()
+    with Worker(engine, timeout=600) as survivor:
+        assert survivor.claim("run") is Claim.OURS  # no need to wait ten minutes
+
+
+def test_closing_gives_back_open_claims_and_keeps_done_ones(engine):
+    with Worker(engine) as first:
+        first.claim("open")
+        first.claim("finished")
+        first.finish("finished")
+    with Worker(engine) as second:
+        assert second.claim("open") is Claim.OURS and second.claim("finished") is Claim.DONE
+        assert second.live_workers() == 1
+
+
+# -- real worker processes ---------------------------------------------------------------------
+
+RECIPE = {"epochs": 1, "min_steps": 0, "batch_size": 8, "max_length": 32, "evaluations": 2}
+
+
+def _suite_file(tmp_path, **values):
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["rte"], "sizes": [16], "final_seeds": [1, 2, 3],
+                                    "tuning_seeds": [101, 102], "recipe": RECIPE, **values}))
+    return path
+
+
+def _start_workers(n, suite, url, glue_dir, tmp_path):
+    command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite), "--storage",
+               url, "--data-dir", str(glue_dir), "--heartbeat-timeout", "10"]
+    # One thread each: three workers with two threads each would fight over two cores.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return [subprocess.Popen(command, env=env, stderr=subprocess.STDOUT,
+                             stdout=(tmp_path / f"worker-{i}.log").open("w")) for i in range(n)]
+
+
+def _kill_a_busy_worker(url, processes):
+    """SIGKILL a worker that holds open work and has already stored a run of its own."""
+    engine = sa.create_engine(url)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                with engine.connect() as connection:
+                    holders = connection.execute(
+                        sa.select(workers.c.id, workers.c.pid).join(
+                            claims, claims.c.worker == workers.c.id).where(
+                            sa.not_(claims.c.done))).all()
+                    stored = connection.execute(sa.text(
+                        "select provenance from regbench_runs")).scalars().all()
+            except sa.exc.DBAPIError:  # the tables are not there yet
+                continue
+            done_by = {(p if isinstance(p, dict) else json.loads(p))["worker"] for p in stored}
+            for worker, pid in holders:
+                if worker in done_by:
+                    victim = next(p for p in processes if p.pid == pid)
+                    victim.kill()
+                    victim.wait()
+                    return worker
+        pytest.fail("no worker held work while having stored a run")
+    finally:
+        engine.dispose()
+
+
+def _finish(processes, tmp_path) -> int:
+    """Wait for the workers; the runs they trained or began, from their summaries."""
+    trained = 0
+    for i, process in enumerate(processes):
+        if process.returncode == -signal.SIGKILL:
+            continue
+        assert process.wait(timeout=600) == 0, (tmp_path / f"worker-{i}.log").read_text()[-3000:]
+        summary = re.search(r"(\d+) runs trained, (\d+) pruned",
+                            (tmp_path / f"worker-{i}.log").read_text())
+        trained += int(summary.group(1)) + int(summary.group(2))
+    return trained
+
+
+def _check_runs(url, victim, trained, suite):
+    """Every final run once, finished; none trained twice; the victim's finished runs kept."""
+    runs = Store(url).frame(suite.name)
+    finals = runs[runs.phase == "final"]
+    assert sorted(zip(finals.regularizer, finals.seed, strict=True)) == sorted(
+        (r, s) for r in suite.regularizers for s in suite.final_seeds)
+    assert (finals.status == "finished").all()
+    by_victim = int((runs.provenance.map(lambda p: p["worker"]) == victim).sum())
+    assert by_victim >= 1
+    assert trained + by_victim == len(runs), "a run was trained twice"
+    return runs
+
+
+def test_workers_share_a_tuned_suite_within_its_budget(storage_url, glue_dir, tmp_path):
+    suite_file = _suite_file(tmp_path, regularizers=["vanilla", "weight_decay", "l2sp"],
+                             tuning={"trials": 3, "pruner": "median"})
+    suite = load_suite(str(suite_file))
+    processes = _start_workers(3, suite_file, storage_url, glue_dir, tmp_path)
+    victim = _kill_a_busy_worker(storage_url, processes)
+    trained = _finish(processes, tmp_path)
+    _check_runs(storage_url, victim, trained, suite)
+    plan = Plan.of(suite)
+    for regularizer in ("weight_decay", "l2sp"):
+        study = optuna.load_study(study_name=plan.study_name(Cell(regularizer, "rte", 16)),
+                                  storage=storage_url)
+        spent = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                        optuna.trial.TrialState.PRUNED)
+                 or t.user_attrs.get(RUN_FAILED)]
+        assert len(spent) == 3, [(t.number, t.state, t.user_attrs) for t in study.trials]
+
+
+def test_workers_without_tuning_publish_the_single_worker_leaderboard(storage_url, glue_dir,
+                                                                      tmp_path):
+    # Parallel sampling is not reproducible: only an untuned suite can match a lone worker's.
+    suite_file = _suite_file(tmp_path, regularizers=["vanilla", "weight_decay", "l2sp"],
+                             tuning={"trials": 0})
+    suite = load_suite(str(suite_file))
+    processes = _start_workers(3, suite_file, storage_url, glue_dir, tmp_path)
+    victim = _kill_a_busy_worker(storage_url, processes)
+    _check_runs(storage_url, victim, _finish(processes, tmp_path), suite)
+
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    (tmp_path / "alone").mkdir()
+    _finish(_start_workers(1, suite_file, alone, glue_dir, tmp_path / "alone"), tmp_path / "alone")
+    shared, single = (pd.read_csv(publish_suite(suite, Store(url).frame(suite.name),
+                                                tmp_path / name, str(glue_dir)).with_suffix(".csv"))
+                      .drop(columns=["seconds", "peak_memory_mb", "time_vs_vanilla"])
+                      for name, url in (("shared", storage_url), ("alone", alone)))
+    pd.testing.assert_frame_equal(shared, single)  # scores, statistics and ranks; not timings
