@@ -7,10 +7,11 @@ import time
 
 import datasets
 import pytest
+import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from regbench.features import task_data
-from regbench.harness import Recipe, fine_tune
+from regbench.harness import Recipe, fine_tune, mixed_precision
 from regbench.modeling import load_model, load_tokenizer
 from regbench.registry.vanilla import Vanilla
 from regbench.tasks import get_task
@@ -30,7 +31,8 @@ def _trainer_seconds(data, tmp_path) -> float:
         learning_rate=RECIPE.learning_rate, warmup_steps=int(RECIPE.warmup_ratio * STEPS),
         lr_scheduler_type="linear", max_grad_norm=RECIPE.max_grad_norm, weight_decay=0.0,
         seed=1, report_to=[], save_strategy="no", logging_strategy="no", eval_strategy="no",
-        use_cpu=True, disable_tqdm=True, dataloader_num_workers=0)
+        use_cpu=True, disable_tqdm=True, dataloader_num_workers=0,
+        bf16=mixed_precision(RECIPE.precision, torch.device("cpu")))  # as the harness does
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       data_collator=DataCollatorWithPadding(load_tokenizer("minilm")))
     started = time.perf_counter()

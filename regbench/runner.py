@@ -5,6 +5,7 @@ runners that share the storage share the work."""
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import statistics
 import time
@@ -223,7 +224,8 @@ class SuiteRunner:
             for slot in range(budget):
                 claims.append(self.worker.claim(slot_key(name, slot)))
                 if claims[-1] is Claim.OURS:
-                    log.debug("%s: trial slot %d of %d", name, slot + 1, budget)
+                    log.info("tuning %s on %s, N=%d: trial %d of %d", cell.regularizer,
+                             cell.task, cell.size, slot + 1, budget)
                     trial = start_trial(study, slot, {k: defaults[k] for k in space},
                                         self.suite.tuning.sampler_seed)
                     self._run_trial(cell, study, trial, slot_key(name, slot), fixed, space)
@@ -318,6 +320,7 @@ class SuiteRunner:
         with (Worker(self.store.engine, self.heartbeat_timeout) as self.worker,
               tqdm(total=self.plan.total_runs(), desc=f"suite {self.suite.name}", unit="run",
                    disable=not self.progress) as self._bar):
+            self._check_threads()
             pending = self.plan.cells
             while pending:
                 before = self.tally.executed + self.tally.pruned
@@ -330,6 +333,16 @@ class SuiteRunner:
                  "the pruner", self.suite.name, self.tally.executed, self.tally.pruned,
                  self.tally.cached, self.tally.failed, self.tally.saved_by_pruning)
         return self.tally
+
+    def _check_threads(self) -> None:
+        """Workers that share a CPU and each use all its cores slow one another down, three times
+        over on two cores (BENCHMARKS.md)."""
+        here, threads = self.worker.live_workers(here=True), torch.get_num_threads()
+        cores = os.cpu_count() or 1
+        if self.device.type == "cpu" and here * threads > cores:
+            log.warning("%d workers on this machine's %d cores, %d threads each: they will slow "
+                        "one another; start each with OMP_NUM_THREADS=%d", here, cores, threads,
+                        max(1, cores // here))
 
     def _advance(self, cell: Cell, n: int = 1) -> None:
         self._counted[cell] = self._counted.get(cell, 0) + max(n, 0)

@@ -169,7 +169,11 @@ class Worker:
             return False  # killed on this machine: no need to wait for its heartbeat to age
         return time.time() - row.heartbeat < self.timeout
 
-    def live_workers(self) -> int:
+    def live_workers(self, here: bool = False) -> int:
+        """The workers heard from within the timeout: all, or those on this machine."""
+        query = sa.select(sa.func.count()).select_from(workers).where(
+            workers.c.heartbeat > time.time() - self.timeout)
+        if here:
+            query = query.where(workers.c.machine == MACHINE)
         with self.engine.connect() as connection:
-            return connection.execute(sa.select(sa.func.count()).select_from(workers).where(
-                workers.c.heartbeat > time.time() - self.timeout)).scalar()
+            return connection.execute(query).scalar()
