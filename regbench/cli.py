@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 import yaml
@@ -178,6 +179,10 @@ def _describe(dist) -> str:
     return f"{'log-' if dist.log else ''}[{dist.low:g}, {dist.high:g}]"
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="regbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -255,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         # Their load reports and progress bars repeat on every run; regbench logs its own.
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
+    # A scheduler's SIGTERM ends a worker as Ctrl-C does: its open claims are given back at once.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.run(args)
     except RegbenchError as err:

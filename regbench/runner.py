@@ -31,6 +31,7 @@ from regbench.store import (
     engine_options,
     provenance,
     run_key,
+    serialise_sqlite,
     tolerate_creation_race,
 )
 from regbench.suite import Suite
@@ -125,6 +126,7 @@ class SuiteRunner:
         self.store = Store(storage)
         self.studies = tolerate_creation_race(lambda: optuna.storages.RDBStorage(
             storage, engine_kwargs=engine_options(storage)))
+        serialise_sqlite(self.studies.engine)
         self.plan = Plan.of(suite)
         self.tally = Tally()
         self.progress = progress
@@ -143,13 +145,15 @@ class SuiteRunner:
                 "data_seed": self.suite.data_seed, "seed": seed, "model": self.suite.model,
                 "recipe": self.suite.recipe.as_dict()}
 
+    def _since_start(self, stored: dict) -> bool:
+        finished = stored["finished_at"]
+        return finished.replace(tzinfo=finished.tzinfo or timezone.utc) >= self.started
+
     def _settled(self, stored: dict | None) -> bool:
         """Whether a stored run counts as done; `--force` redoes those stored before it began."""
         if stored is None or stored["status"] not in SETTLED:
             return False
-        finished = stored["finished_at"]
-        return not self.force or (finished.replace(tzinfo=finished.tzinfo or timezone.utc)
-                                  >= self.started)
+        return not self.force or self._since_start(stored)
 
     def run_one(self, phase: str, cell: Cell, params: dict[str, Any], seed: int,
                 trial: int | None = None, on_evaluate=None) -> dict[str, Any]:
@@ -222,13 +226,16 @@ class SuiteRunner:
         while True:
             claims = []
             for slot in range(budget):
-                claims.append(self.worker.claim(slot_key(name, slot)))
+                key = slot_key(name, slot)
+                claims.append(self.worker.claim(key))
                 if claims[-1] is Claim.OURS:
                     log.info("tuning %s on %s, N=%d: trial %d of %d", cell.regularizer,
                              cell.task, cell.size, slot + 1, budget)
                     trial = start_trial(study, slot, {k: defaults[k] for k in space},
                                         self.suite.tuning.sampler_seed)
-                    self._run_trial(cell, study, trial, slot_key(name, slot), fixed, space)
+                    if trial is not None:
+                        self._run_trial(cell, study, trial, key, fixed, space)
+                    self.worker.finish(key)
                     break
             else:
                 break
@@ -273,12 +280,11 @@ class SuiteRunner:
             study.tell(trial, state=TrialState.FAIL)
         except BaseException:  # interrupted: whoever claims the slot next runs these params
             study.tell(trial, state=TrialState.FAIL)
-            retry(study, trial)
+            retry(study, trial.number)
             self.worker.release(claim)
             raise
         else:
             study.tell(trial, value)
-        self.worker.finish(claim)
 
     # -- the suite ---------------------------------------------------------------------------
     def _final_runs(self, cell: Cell, params: dict[str, Any]) -> bool:
@@ -288,14 +294,18 @@ class SuiteRunner:
             key = run_key(self._config(cell, params, seed))
             if key in self._attempted:
                 continue
-            claimed = not self._settled(self.store.get(key))
-            if claimed and self.worker.claim(key) is not Claim.OURS:
+            stored = self.store.get(key)
+            if stored is not None and stored["status"] == FAILED and self._since_start(stored):
+                self._attempted.add(key)  # another worker tried it since this one began
+                continue
+            needs_claim = not self._settled(stored)
+            if needs_claim and self.worker.claim(key) is not Claim.OURS:
                 complete = False
                 continue
             try:
                 self.run_one("final", cell, params, seed)  # a stored run comes back as cached
             finally:
-                if claimed:
+                if needs_claim:
                     self.worker.release(key)
             self._attempted.add(key)
         return complete

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import random
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
@@ -77,10 +79,14 @@ def engine_options(url: str) -> dict[str, Any]:
 
 
 def create_engine(url: str) -> sa.Engine:
-    engine = sa.create_engine(url, **engine_options(url))
+    return serialise_sqlite(sa.create_engine(url, **engine_options(url)))
+
+
+def serialise_sqlite(engine: sa.Engine) -> sa.Engine:
+    """On SQLite, take the write lock when a transaction begins: a reader that turns writer midway
+    is refused at once, without waiting, when another process writes; and two workers could take
+    the same queued trial, as SQLite ignores Optuna's SELECT ... FOR UPDATE."""
     if engine.dialect.name == "sqlite":
-        # Take the write lock when a transaction begins: a reader that turns writer midway is
-        # refused at once, without waiting, when another process writes.
         @sa.event.listens_for(engine, "connect")
         def _no_implicit_begin(dbapi_connection, _):
             dbapi_connection.isolation_level = None
@@ -88,17 +94,21 @@ def create_engine(url: str) -> sa.Engine:
         @sa.event.listens_for(engine, "begin")
         def _begin_immediate(connection):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        engine.dispose()  # connections opened before the listeners would lack them
     return engine
 
 
-def tolerate_creation_race(create: Callable[[], T]) -> T:
-    """`create()`, again if it fails once: workers that start together on a new database race to
-    create its tables (PostgreSQL then refuses the loser's CREATE TABLE), and on the second try
-    the loser finds them made."""
-    try:
-        return create()
-    except sa.exc.DatabaseError:
-        return create()
+def tolerate_creation_race(create: Callable[[], T], attempts: int = 5) -> T:
+    """`create()`, tried again while it fails: workers that start together on a new database race
+    to create its tables (PostgreSQL refuses the loser's CREATE TABLE, and Optuna creates its
+    tables in several steps, each a race), and each try finds more of them made."""
+    for _ in range(attempts - 1):
+        try:
+            return create()
+        except sa.exc.DatabaseError:
+            time.sleep(random.uniform(0.1, 0.5))  # apart, so the racers do not meet again
+    return create()
 
 
 def run_key(config: dict[str, Any]) -> str:

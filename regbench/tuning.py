@@ -53,15 +53,18 @@ def slot_key(study_name: str, slot: int) -> str:
 
 
 def start_trial(study: optuna.Study, slot: int, defaults: dict[str, Any],
-                sampler_seed: int) -> optuna.Trial:
-    """A new trial in `slot`, which the caller holds. A trial left running there by a dead worker
-    is closed and its parameters queued again, so the runs it stored serve again. Slot 0's first
-    trial is the plugin's defaults, so tuning can only improve on them."""
+                sampler_seed: int) -> optuna.Trial | None:
+    """A new trial in `slot`, which the caller holds, or None when the slot's trial was spent and
+    only the claim's `finish` was cut off. A trial left running there by a dead worker is closed
+    and its parameters queued again, so the runs it stored serve again. Slot 0's first trial is
+    the plugin's defaults, so tuning can only improve on them."""
     before = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SLOT) == slot]
+    if any(spent(t) for t in before):
+        return None
     for trial in before:
         if trial.state == TrialState.RUNNING:
             study.tell(trial.number, state=TrialState.FAIL)
-            retry(study, trial)
+            retry(study, trial.number)
     if slot == 0 and not before and defaults:
         # A worker that died between queueing the defaults and taking them left them queued.
         study.enqueue_trial(defaults, skip_if_exists=True)
@@ -71,9 +74,18 @@ def start_trial(study: optuna.Study, slot: int, defaults: dict[str, Any],
     return trial
 
 
-def retry(study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
-    """Queue the parameters of a trial that was cut off, for the next trial to take."""
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+def spent(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts against the budget: it completed, was pruned, or its run failed."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or bool(
+        trial.state == TrialState.FAIL and trial.user_attrs.get(RUN_FAILED))
+
+
+def retry(study: optuna.Study, number: int) -> None:
+    """Queue again the parameters of trial `number`, which was cut off: those it was queued with
+    (it may have been cut off before it took them), else those it drew."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    study.enqueue_trial(trial.system_attrs.get("fixed_params") or trial.params,
+                        user_attrs={"retry_of": number})
 
 
 def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str, Any]:

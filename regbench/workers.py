@@ -33,7 +33,9 @@ workers = sa.Table(
     sa.Column("machine", sa.String(16), nullable=False),
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("heartbeat", sa.Float, nullable=False),  # seconds since the epoch, worker's clock
+    # Seconds since the epoch, by the worker's clock; double precision, as MySQL's FLOAT would
+    # round today's epoch to two minutes.
+    sa.Column("heartbeat", sa.Double, nullable=False),
 )
 claims = sa.Table(
     "regbench_claims", metadata,
