@@ -136,6 +136,7 @@ class SuiteRunner:
         self._bar = None
         self._counted: dict[Cell, int] = {}  # progress units of each cell shown so far
         self._attempted: set[str] = set()  # final runs this worker has tried once
+        self._tuned: dict[Cell, dict[str, Any] | None] = {}  # each cell's outcome of `tune`
 
     # -- one run -----------------------------------------------------------------------------
     def _config(self, cell: Cell, params: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -312,9 +313,12 @@ class SuiteRunner:
 
     def _work_on(self, cell: Cell) -> bool:
         """Do what this worker can of the cell; True once the cell is complete."""
-        params = self.tune(cell)
-        if params is WAITING:
-            return False
+        if cell not in self._tuned:  # a finished study is not polled again while others work
+            params = self.tune(cell)
+            if params is WAITING:
+                return False
+            self._tuned[cell] = params
+        params = self._tuned[cell]
         if params is not None and not self._final_runs(cell, params):
             return False
         self._advance(cell, self.plan.tuning_runs(cell) + len(self.suite.final_seeds)
