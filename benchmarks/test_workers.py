@@ -3,7 +3,6 @@ database costs each run (claims, heartbeat, store, studies), on SQLite and on Po
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
@@ -26,16 +25,6 @@ SUITE = {"name": "bench", "tasks": ["rte"], "sizes": [64], "final_seeds": [1, 2,
          "recipe": {"epochs": 1, "min_steps": 16, "batch_size": 8, "max_length": 64,
                     "evaluations": 1}}
 RUNS = 12
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def new_database(request, tmp_path):
-    """Empty databases of one kind, one per call."""
-    count = itertools.count()
-    if request.param == "sqlite":
-        return lambda: f"sqlite:///{tmp_path / f'{next(count)}.db'}"
-    create = request.getfixturevalue("new_postgres_database")
-    return lambda: create(f"bench_{next(count)}")
 
 
 @pytest.fixture
@@ -73,17 +62,16 @@ def test_two_workers_against_one(benchmark, new_postgres_database, suite_file, g
 
 
 @pytest.mark.benchmark(group="workers")
-def test_database_cost_per_run(benchmark, new_database, suite_file, glue_dir):
+def test_database_cost_per_run(benchmark, storage_url, suite_file, glue_dir):
     """A worker's wall time less the runs' own (model, training, evaluation), per run: claims,
     store, studies and the loop around them. Data and checkpoint are loaded before the clock."""
     suite = load_suite(str(suite_file))
     task_data(get_task("rte"), 64, 0, suite.model, 64, str(glue_dir))
     load_model(suite.model, get_task("rte"), seed=0)
-    url = new_database()
     started = time.perf_counter()
-    SuiteRunner(suite, url, data_dir=str(glue_dir), progress=False).run()
+    SuiteRunner(suite, storage_url, data_dir=str(glue_dir), progress=False).run()
     wall = time.perf_counter() - started
-    runs = Store(url).frame(suite.name)
+    runs = Store(storage_url).frame(suite.name)
     overhead, run = (wall - runs.seconds.sum()) / len(runs), runs.seconds.mean()
     benchmark.extra_info.update({"overhead_ms_per_run": overhead * 1000, "run_seconds": run})
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)

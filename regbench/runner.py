@@ -28,11 +28,9 @@ from regbench.store import (
     PRUNED,
     SETTLED,
     Store,
-    engine_options,
     provenance,
     run_key,
-    serialise_sqlite,
-    tolerate_creation_race,
+    study_storage,
 )
 from regbench.suite import Suite
 from regbench.tasks import get_task
@@ -124,9 +122,7 @@ class SuiteRunner:
         self.suite, self.storage, self.data_dir, self.force = suite, storage, data_dir, force
         self.device = pick_device(device)
         self.store = Store(storage)
-        self.studies = tolerate_creation_race(lambda: optuna.storages.RDBStorage(
-            storage, engine_kwargs=engine_options(storage)))
-        serialise_sqlite(self.studies.engine)
+        self.studies = study_storage(storage)
         self.plan = Plan.of(suite)
         self.tally = Tally()
         self.progress = progress
@@ -223,24 +219,22 @@ class SuiteRunner:
         study = open_study(self.studies, name, self.suite.tuning,
                            steps * len(self.suite.tuning_seeds))
         defaults = get_regularizer(cell.regularizer).defaults
+        first = {k: defaults[k] for k in space}
         budget = self.suite.tuning.trials
-        while True:
-            claims = []
-            for slot in range(budget):
-                key = slot_key(name, slot)
-                claims.append(self.worker.claim(key))
-                if claims[-1] is Claim.OURS:
-                    log.info("tuning %s on %s, N=%d: trial %d of %d", cell.regularizer,
-                             cell.task, cell.size, slot + 1, budget)
-                    trial = start_trial(study, slot, {k: defaults[k] for k in space},
-                                        self.suite.tuning.sampler_seed)
-                    if trial is not None:
-                        self._run_trial(cell, study, trial, key, fixed, space)
-                    self.worker.finish(key)
-                    break
-            else:
-                break
-        if Claim.HELD in claims:
+        waiting = False
+        for slot in range(budget):  # a slot held now is looked at again on the next pass
+            key = slot_key(name, slot)
+            claim = self.worker.claim(key)
+            waiting |= claim is Claim.HELD
+            if claim is not Claim.OURS:
+                continue
+            log.info("tuning %s on %s, N=%d: trial %d of %d", cell.regularizer, cell.task,
+                     cell.size, slot + 1, budget)
+            trial = start_trial(study, slot, first, self.suite.tuning.sampler_seed)
+            if trial is not None:
+                self._run_trial(cell, study, trial, key, fixed, space)
+            self.worker.finish(key)
+        if waiting:
             return WAITING
         if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             log.error("no trial of %s completed: its final runs are skipped", name)
@@ -280,8 +274,7 @@ class SuiteRunner:
             trial.set_user_attr(RUN_FAILED, True)
             study.tell(trial, state=TrialState.FAIL)
         except BaseException:  # interrupted: whoever claims the slot next runs these params
-            study.tell(trial, state=TrialState.FAIL)
-            retry(study, trial.number)
+            retry(study, study.tell(trial, state=TrialState.FAIL))
             self.worker.release(claim)
             raise
         else:

@@ -18,6 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import optuna
 import pandas as pd
 import sqlalchemy as sa
 
@@ -69,7 +70,7 @@ def storage_url(suite: str, url: str | None = None) -> str:
     return f"sqlite:///{path}"
 
 
-def engine_options(url: str) -> dict[str, Any]:
+def _engine_options(url: str) -> dict[str, Any]:
     """What an engine needs when several processes write to one database: SQLite waits for the
     lock (a minute) rather than failing at once; a server's connections are checked before use,
     as a worker may sit idle longer than the server keeps a connection open."""
@@ -79,10 +80,18 @@ def engine_options(url: str) -> dict[str, Any]:
 
 
 def create_engine(url: str) -> sa.Engine:
-    return serialise_sqlite(sa.create_engine(url, **engine_options(url)))
+    return _serialise_sqlite(sa.create_engine(url, **_engine_options(url)))
 
 
-def serialise_sqlite(engine: sa.Engine) -> sa.Engine:
+def study_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage in the same database, its engine set up as the store's."""
+    storage = tolerate_creation_race(
+        lambda: optuna.storages.RDBStorage(url, engine_kwargs=_engine_options(url)))
+    _serialise_sqlite(storage.engine)
+    return storage
+
+
+def _serialise_sqlite(engine: sa.Engine) -> sa.Engine:
     """On SQLite, take the write lock when a transaction begins: a reader that turns writer midway
     is refused at once, without waiting, when another process writes; and two workers could take
     the same queued trial, as SQLite ignores Optuna's SELECT ... FOR UPDATE."""

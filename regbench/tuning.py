@@ -63,8 +63,7 @@ def start_trial(study: optuna.Study, slot: int, defaults: dict[str, Any],
         return None
     for trial in before:
         if trial.state == TrialState.RUNNING:
-            study.tell(trial.number, state=TrialState.FAIL)
-            retry(study, trial.number)
+            retry(study, study.tell(trial.number, state=TrialState.FAIL))
     if slot == 0 and not before and defaults:
         # A worker that died between queueing the defaults and taking them left them queued.
         study.enqueue_trial(defaults, skip_if_exists=True)
@@ -80,12 +79,11 @@ def spent(trial: optuna.trial.FrozenTrial) -> bool:
         trial.state == TrialState.FAIL and trial.user_attrs.get(RUN_FAILED))
 
 
-def retry(study: optuna.Study, number: int) -> None:
-    """Queue again the parameters of trial `number`, which was cut off: those it was queued with
-    (it may have been cut off before it took them), else those it drew."""
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue again the parameters of a trial that was cut off: those it was queued with (it may
+    have been cut off before it took them), else those it drew."""
     study.enqueue_trial(trial.system_attrs.get("fixed_params") or trial.params,
-                        user_attrs={"retry_of": number})
+                        user_attrs={"retry_of": trial.number})
 
 
 def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str, Any]:
