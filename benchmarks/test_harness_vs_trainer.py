@@ -11,8 +11,9 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from regbench.features import task_data
-from regbench.harness import Recipe, fine_tune, mixed_precision
+from regbench.harness import fine_tune, mixed_precision
 from regbench.modeling import load_model, load_tokenizer
+from regbench.recipe import Recipe
 from regbench.registry.vanilla import Vanilla
 from regbench.tasks import get_task
 

@@ -56,8 +56,9 @@ def cmd_tasks(args) -> None:
 
 def cmd_train(args) -> None:
     from regbench.features import task_data
-    from regbench.harness import Recipe, fine_tune, pick_device
+    from regbench.harness import fine_tune, pick_device
     from regbench.plugins import build
+    from regbench.recipe import Recipe
     from regbench.tasks import get_task
 
     task = get_task(args.task)

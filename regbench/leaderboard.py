@@ -21,7 +21,6 @@ from tabulate import tabulate
 
 from regbench.data import load_raw
 from regbench.metrics import majority_baseline
-from regbench.runner import Plan
 from regbench.splits import split_dev
 from regbench.stats import (
     CONFIDENCE,
@@ -100,7 +99,7 @@ def publish_suite(suite: Suite, frame: pd.DataFrame, out_dir: Path,
                   & frame.recipe.map(lambda r: r == suite.recipe.as_dict())]
     expected = pd.DataFrame(
         [(c.regularizer, c.task, c.size, seed)
-         for c in Plan.of(suite).cells for seed in suite.final_seeds],
+         for c in suite.cells() for seed in suite.final_seeds],
         columns=["regularizer", "task", "n_train", "seed"])
     baselines = {}
     for name in suite.tasks:

@@ -19,9 +19,10 @@ import torch
 from optuna.trial import TrialState
 
 from regbench.features import task_data
-from regbench.harness import Recipe, fine_tune, mixed_precision, pick_device
+from regbench.harness import fine_tune, mixed_precision, pick_device
 from regbench.modeling import model_depth
 from regbench.plugins import build, get_regularizer
+from regbench.recipe import Recipe
 from regbench.store import (
     FAILED,
     FINISHED,
@@ -32,21 +33,12 @@ from regbench.store import (
     run_key,
     study_storage,
 )
-from regbench.suite import Suite
+from regbench.suite import Cell, Suite
 from regbench.tasks import get_task
 from regbench.tuning import RUN_FAILED, open_study, retry, slot_key, start_trial, suggest
 from regbench.workers import Claim, Worker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (regularizer, task, sample size) of a suite: a study and its final runs."""
-
-    regularizer: str
-    task: str
-    size: int
 
 
 @dataclass
@@ -57,9 +49,7 @@ class Plan:
 
     @classmethod
     def of(cls, suite: Suite) -> Plan:
-        cells = [Cell(r, t, n)
-                 for t in suite.tasks for n in suite.sizes for r in suite.regularizers]
-        return cls(suite, cells, model_depth(suite.model))
+        return cls(suite, suite.cells(), model_depth(suite.model))
 
     def space(self, cell: Cell) -> dict[str, Any]:
         """What the tuner searches: the plugin's space less the options the suite fixes; nothing

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from regbench.errors import RegbenchError, unknown_name
-from regbench.harness import Recipe
 from regbench.modeling import EMBEDDED_MODEL
 from regbench.plugins import get_regularizer
+from regbench.recipe import Recipe
 from regbench.tasks import get_task
 
 PRUNERS = ("none", "median", "hyperband")
@@ -25,6 +25,15 @@ class Tuning:
     trials: int = 20
     pruner: str = "median"
     sampler_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (regularizer, task, sample size) of a suite: a study and its final runs."""
+
+    regularizer: str
+    task: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,9 @@ class Suite:
     tuning: Tuning = field(default_factory=Tuning)
     recipe: Recipe = field(default_factory=Recipe)
     description: str = ""
+
+    def cells(self) -> list[Cell]:
+        return [Cell(r, t, n) for t in self.tasks for n in self.sizes for r in self.regularizers]
 
 
 _KEYS = {f.name for f in dataclasses.fields(Suite)}

@@ -11,8 +11,8 @@ import torch
 
 from regbench import plugins
 from regbench.features import CACHE_ENV, Examples, TaskData, task_data
-from regbench.harness import Recipe
 from regbench.modeling import load_model
+from regbench.recipe import Recipe
 from regbench.tasks import get_task
 
 

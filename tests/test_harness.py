@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from regbench import modeling
-from regbench.harness import Recipe, fine_tune, mixed_precision
+from regbench.harness import fine_tune, mixed_precision
 from regbench.modeling import load_model
 from regbench.plugin import Regularizer
+from regbench.recipe import Recipe
 from regbench.registry.vanilla import Vanilla
 from regbench.tasks import get_task
 

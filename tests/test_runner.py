@@ -8,9 +8,9 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from regbench.runner import Cell, Plan, SuiteRunner
+from regbench.runner import Plan, SuiteRunner
 from regbench.store import Store
-from regbench.suite import load_suite, parse_suite
+from regbench.suite import Cell, load_suite, parse_suite
 
 TINY_RECIPE = {"epochs": 1, "min_steps": 0, "batch_size": 8, "max_length": 32, "evaluations": 1}
 

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 import yaml
 
 from regbench.leaderboard import publish_suite
-from regbench.runner import Cell, Plan
+from regbench.runner import Plan
 from regbench.store import Store, create_engine
-from regbench.suite import load_suite
+from regbench.suite import Cell, load_suite
 from regbench.tuning import RUN_FAILED
 from regbench.workers import Claim, Worker, claims, workers
 
