@@ -9,19 +9,20 @@ import time
 import warnings
 
 import pytest
-import torch
 
 from regbench.features import task_data
-from regbench.harness import training_step
+from regbench.harness import set_up, training_step
 from regbench.modeling import load_model
-from regbench.plugin import Context
 from regbench.plugins import build
+from regbench.recipe import Recipe
 from regbench.tasks import get_task
 
 # The cost targets of the plugin issue, on a 2-core CPU; lnsr injects at layer 0, one sample.
 TARGETS = {"vanilla": 1.0, "weight_decay": 1.05, "l2sp": 1.15, "mixout": 1.3, "lnsr": 2.1,
            "smart": 3.5}
 BATCHES, ROUNDS = 4, 3
+# fp32, as every earlier figure; the schedule long enough that no step runs at a rate of 0.
+RECIPE = Recipe(precision="fp32", epochs=0, min_steps=1000)
 
 
 @pytest.mark.benchmark(group="regularizer-cost")
@@ -35,15 +36,14 @@ def test_step_time_relative_to_vanilla(benchmark, glue_dir):
         model, head = load_model("minilm", task, seed=1)
         model.train()
         regularizer = build(name, {"inject_layer": 0, "samples": 1} if name == "lnsr" else {})
-        regularizer.setup(model, Context(task, head, torch.device("cpu")))
-        optimizer = torch.optim.AdamW(regularizer.param_groups(model), lr=2e-5)
-        setups[name] = (model, regularizer, optimizer)
+        setups[name] = (regularizer, set_up(regularizer, model, task, head, RECIPE))
 
     def steps(name: str) -> float:
-        model, regularizer, optimizer = setups[name]
+        regularizer, state = setups[name]
         started = time.perf_counter()
         for batch in batches:
-            training_step(model, regularizer, optimizer, batch, 1.0)
+            state.batch = batch
+            training_step(state, regularizer)
         return (time.perf_counter() - started) / len(batches)
 
     for name in TARGETS:  # warm-up: first-call costs of every kernel each one uses

@@ -57,12 +57,13 @@ def cmd_tasks(args) -> None:
 def cmd_train(args) -> None:
     from regbench.features import task_data
     from regbench.harness import fine_tune, pick_device
+    from regbench.modeling import model_depth
     from regbench.plugins import build
     from regbench.recipe import Recipe
     from regbench.tasks import get_task
 
     task = get_task(args.task)
-    regularizer = build(args.regularizer, parse_params(args.param))
+    regularizer = build(args.regularizer, parse_params(args.param), model_depth(args.model))
     recipe = Recipe.from_dict({k: v for k, v in {
         "epochs": args.epochs, "min_steps": args.min_steps, "batch_size": args.batch_size,
         "learning_rate": args.lr, "max_length": args.max_length}.items() if v is not None})

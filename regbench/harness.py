@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
 
 from regbench.errors import RegbenchError
 from regbench.features import Examples, TaskData, evaluation_batches, training_batches
 from regbench.metrics import compute_metrics, predictions_from_logits
 from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
-from regbench.plugin import Context, Regularizer
+from regbench.plugin import Regularizer, State
 from regbench.recipe import Recipe
+from regbench.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +70,85 @@ def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batc
     return compute_metrics(task, predictions_from_logits(task, logits), examples.labels)
 
 
-def training_step(network: torch.nn.Module, regularizer: Regularizer,
-                  optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-                  max_grad_norm: float, bf16: bool = False) -> float:
-    """One optimiser step on `batch`; returns the training loss. A non-finite loss changes
+def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def set_up(regularizer: Regularizer, model: torch.nn.Module, task: Task,
+           head: frozenset[str] = frozenset(), recipe: Recipe | None = None,
+           device: torch.device | None = None, n_train: int = 0,
+           read_training: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None) -> State:
+    """A run's state for `model` (already on `device`): the regularizer bound to it and set up,
+    then the optimiser and the schedule built, for a training split of `n_train` examples."""
+    recipe = recipe or Recipe()
+    device = device or torch.device("cpu")
+    state = State(task=task, model=model, head_parameters=head, device=device, recipe=recipe,
+                  total_steps=recipe.total_steps(n_train),
+                  steps_per_epoch=max(1, math.ceil(n_train / recipe.batch_size)),
+                  bf16=mixed_precision(recipe.precision, device), read_training=read_training)
+    regularizer.state = state
+    regularizer.setup(model, state)
+    state.optimizer = torch.optim.AdamW(regularizer.param_groups(model), lr=recipe.learning_rate)
+    state.scheduler = torch.optim.lr_scheduler.LambdaLR(state.optimizer,
+                                                         regularizer.schedule(state))
+    return state
+
+
+def prepare(data: TaskData, regularizer: Regularizer, seed: int, model: str = EMBEDDED_MODEL,
+            recipe: Recipe | None = None, device: torch.device | None = None) -> State:
+    """Everything before the first step: the model with a fresh head (from `seed`) on the
+    device, and `set_up`."""
+    recipe = recipe or Recipe()
+    device = device or pick_device()
+    torch.manual_seed(seed)
+    network, head = load_model(model, data.task, seed)
+    network.to(device).train()
+    pad_id = load_tokenizer(model).pad_token_id
+
+    def read_training():
+        # Its own generator, seeded as the loop's: the batches of the first epoch, and the
+        # loop's order untouched.
+        order = torch.Generator().manual_seed(seed)
+        for indices in training_batches(data.train.lengths, recipe.batch_size, order,
+                                        recipe.group_by_length):
+            yield _on(device, data.train.collate(indices, pad_id))
+
+    return set_up(regularizer, network, data.task, head, recipe, device, len(data.train),
+                  read_training)
+
+
+def training_step(state: State, regularizer: Regularizer) -> float:
+    """One optimiser step on `state.batch`; returns the training loss. A non-finite loss changes
     nothing: the caller decides what a diverged run means."""
-    with _autocast(batch["input_ids"].device, bf16):
-        outputs = network(**batch, output_hidden_states=regularizer.needs_hidden_states)
-        loss = regularizer.loss(network, batch, outputs, outputs.loss)
+    model = state.model
+    regularizer.before_forward(state)
+    with _autocast(state.device, state.bf16):
+        state.outputs = model(**state.batch, output_hidden_states=regularizer.needs_hidden_states)
+        loss = regularizer.loss(model, state.batch, state.outputs, state.outputs.loss)
     value = loss.item()  # the one host sync of a step
     if not math.isfinite(value):
         return value
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(network.parameters(), max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    regularizer.after_step(network)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), state.recipe.max_grad_norm)
+    regularizer.before_optimizer_step(state)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    regularizer.after_step(model)
+    state.scheduler.step()
+    state.outputs = None  # its activations are not needed past the step
     return value
+
+
+def evaluate_run(state: State, regularizer: Regularizer, examples: Examples,
+                 pad_id: int) -> dict[str, float]:
+    """`evaluate` on the weights the regularizer chooses to be evaluated."""
+    regularizer.before_evaluate(state)
+    try:
+        return evaluate(state.model, examples, state.task, pad_id, state.recipe.eval_batch_size,
+                        state.device, state.bf16)
+    finally:
+        regularizer.after_evaluate(state)
 
 
 def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = EMBEDDED_MODEL,
@@ -100,22 +162,13 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
     `test=False` leaves the test half alone, as tuning must.
     """
     started = time.perf_counter()
-    recipe = recipe or Recipe()
-    device = device or pick_device()
-    task = data.task
-    torch.manual_seed(seed)
-    network, head = load_model(model, task, seed)
-    network.to(device).train()
+    state = prepare(data, regularizer, seed, model, recipe, device)
+    recipe, task, total = state.recipe, data.task, state.total_steps
     pad_id = load_tokenizer(model).pad_token_id
-    regularizer.setup(network, Context(task, head, device))
-    optimizer = torch.optim.AdamW(regularizer.param_groups(network), lr=recipe.learning_rate)
-    total = recipe.total_steps(len(data.train))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.warmup_ratio * total), total)
     # Intermediate evaluations serve a pruner; without one, only the last is needed.
     checkpoints = {math.ceil(total * k / recipe.evaluations)
                    for k in range(1, recipe.evaluations + 1)} if on_evaluate else {total}
     order = torch.Generator().manual_seed(seed)
-    bf16 = mixed_precision(recipe.precision, device)
     result = RunResult(status="finished")
 
     def batches():
@@ -126,28 +179,26 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
     with tqdm(total=total, desc=f"{regularizer.name} {task.name} seed {seed}",
               disable=not progress, leave=False, unit="step") as bar:
         for step, indices in enumerate(batches(), start=1):
-            batch = {k: v.to(device) for k, v in data.train.collate(indices, pad_id).items()}
-            value = training_step(network, regularizer, optimizer, batch, recipe.max_grad_norm,
-                                  bf16)
+            state.batch = _on(state.device, data.train.collate(indices, pad_id))
+            value = training_step(state, regularizer)
             if not math.isfinite(value):
                 result.status = "diverged"
                 result.error = f"training loss became {value} at step {step} of {total}"
                 log.warning("%s: %s", regularizer.name, result.error)
                 break
-            scheduler.step()
             bar.update()
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             result.steps = step
             if step in checkpoints:
-                result.validation = evaluate(network, data.validation, task, pad_id,
-                                             recipe.eval_batch_size, device, bf16)
+                result.validation = evaluate_run(state, regularizer, data.validation, pad_id)
                 result.history.append((step, result.validation[task.metric]))
                 if on_evaluate is not None:
                     on_evaluate(step, result.validation[task.metric])
             if step == total:
                 break
+    state.batch = None
+    regularizer.after_training(state)
     if result.status == "finished" and test:
-        result.test = evaluate(network, data.test, task, pad_id, recipe.eval_batch_size, device,
-                               bf16)
+        result.test = evaluate_run(state, regularizer, data.test, pad_id)
     result.seconds = time.perf_counter() - started
     return result

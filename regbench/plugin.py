@@ -1,40 +1,89 @@
 """The regularizer contract: what the harness asks of a plugin, and nothing more.
 
-A regularizer is a class. The harness builds one per run with its hyperparameters, then calls
-these hooks, in this order; a plugin overrides only the ones it needs:
+A regularizer is a class. The harness builds one per run with its hyperparameters, binds the run's
+`State` to it as `self.state`, then calls its hooks at these points of the one training loop (a
+plugin overrides only those it needs; docs/plugins.md has the whole table):
 
-1. `setup(model, context)`: the model is built, the optimiser is not (swap modules, snapshot
-   weights, build a teacher).
-2. `param_groups(model)`: the optimiser's parameter groups (weight decay and the like).
-3. `loss(model, batch, outputs, task_loss)`: for every training batch, turn the task loss into the
-   training loss. `outputs` is the main forward pass; it holds `hidden_states` when the class sets
-   `needs_hidden_states`.
-4. `after_step(model)`: after every optimiser step.
+    setup(model, state)            once: the model is built, the optimiser is not; may read
+                                   `state.training_batches()`
+    param_groups(model)            once: the optimiser's groups (a group may set its own `lr`)
+    schedule(state)                once: the learning-rate factor of each step
+    each step:
+      before_forward(state)        `state.batch` is set; `state.step` counts the steps taken
+      loss(model, batch, outputs, task_loss)   the training loss
+      before_optimizer_step(state) after backward and clipping: the gradients are final
+      after_step(model)            after the optimiser's step; `state.lrs` are the rates it used
+    before_evaluate(state), after_evaluate(state)   around every evaluation: the evaluated weights
+    after_training(state)          once, after the last step and before the test: undo `setup`
 
-The harness owns everything else: data, the loop, the schedule, clipping, devices and evaluation.
-A class declares its `defaults` (hyperparameters and options), the `search_space` the tuner explores
-(a subset of the defaults' keys) and its `extra_passes` per step, for planning and the leaderboard.
+A class declares its `hyperparameters` (each one's default, type and range; a run's values are
+`self.params`), the `search_space` the tuner explores (Optuna distributions over some of them) and
+its cost: `extra_passes` per step, `setup_passes` once. A class written against the first version
+of this contract, with a `defaults` dict and the hooks `setup`, `param_groups`, `loss` and
+`after_step`, still runs: its parameters' types come from the defaults, their ranges from the
+search space.
+
+This module imports no torch, so that suites and listings can read declarations cheaply.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from optuna.distributions import BaseDistribution
 
 from regbench.errors import RegbenchError
+from regbench.params import Param
+from regbench.recipe import Recipe
 from regbench.tasks import Task
 
+if TYPE_CHECKING:
+    import torch
 
-@dataclass(frozen=True)
-class Context:
-    """What a plugin may need to know about the run when the model is built."""
+@dataclass(eq=False)
+class State:
+    """The run as the hooks see it: one object for the whole run, kept current by the harness.
+
+    `step` counts the optimiser steps taken: in `before_forward`, `loss` and
+    `before_optimizer_step` of the t-th step it is t − 1, in `after_step` it is t.
+    """
 
     task: Task
-    head_parameters: frozenset[str]  # names of the parameters the checkpoint did not hold
+    model: torch.nn.Module
+    head_parameters: frozenset[str]  # the parameters the checkpoint did not hold
     device: torch.device
+    recipe: Recipe = field(default_factory=Recipe)
+    total_steps: int = 0
+    steps_per_epoch: int = 1
+    bf16: bool = False  # whether the forward passes run under bf16 autocast
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    step: int = 0
+    batch: dict[str, torch.Tensor] | None = None
+    outputs: Any = None  # the main forward pass of the current step
+    # One epoch of the training split in the harness's padded batches, on the device, in an
+    # order of its own: reading it leaves the run's data order alone. Never a dev half.
+    read_training: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    @property
+    def lrs(self) -> list[float]:
+        """Each parameter group's learning rate for the current step."""
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def training_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.read_training is None:
+            raise RegbenchError("This state has no training split to read.")
+        return self.read_training()
+
+
+Context = State  # the name the first version of the contract gave `setup`'s second argument
 
 
 class Regularizer:
@@ -42,18 +91,49 @@ class Regularizer:
     description: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     version: ClassVar[str] = "1"
-    defaults: ClassVar[dict[str, Any]] = {}
+    hyperparameters: ClassVar[dict[str, Param] | None] = {}  # None: inferred from `defaults`
+    defaults: ClassVar[dict[str, Any]] = {}  # derived from `hyperparameters`, or given
     needs_hidden_states: ClassVar[bool] = False
+    state: State  # bound by the harness before `setup`
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "hyperparameters" in cls.__dict__:
+            cls.defaults = {key: param.default for key, param in cls.hyperparameters.items()}
+        elif "defaults" in cls.__dict__:
+            cls.hyperparameters = None
+
+    @classmethod
+    def declaration(cls, layers: int | None = None) -> dict[str, Param]:
+        """Each parameter's declaration: the class's own, or inferred from its defaults and its
+        search space (at `layers`, or a 12-layer encoder when the depth is not known)."""
+        if cls.hyperparameters is not None:
+            return cls.hyperparameters
+        space = cls.search_space(layers or 12)
+        return {key: Param.inferred(default, space.get(key))
+                for key, default in cls.defaults.items()}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], layers: int | None = None) -> dict[str, Any]:
+        """Every parameter's value, the defaults filled in and each value checked against its
+        declaration; a `RegbenchError` naming the parameter, the value and what is allowed."""
+        declared = cls.declaration(layers)
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            allowed = ", ".join(sorted(declared)) or "none"
+            raise RegbenchError(f"Regularizer {cls.name!r} has no parameter "
+                                f"{', '.join(unknown)}; its parameters are: {allowed}.")
+        values = {**cls.defaults, **params}
+        for key, param in declared.items():
+            try:
+                values[key] = param.check(values[key], layers)
+            except ValueError as err:
+                raise RegbenchError(f"Regularizer {cls.name!r}: {key} = {values[key]!r} is not "
+                                    f"allowed; it must be {err}.") from None
+        return values
 
     def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise RegbenchError(
-                f"Regularizer {self.name!r} has no parameter {', '.join(sorted(unknown))}; "
-                f"its parameters are: {allowed}."
-            )
-        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.params: dict[str, Any] = self.check_params(params)
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
@@ -64,16 +144,40 @@ class Regularizer:
         """Extra forward-and-backward passes per step, in units of a whole model's pass."""
         return 0.0
 
-    def setup(self, model: torch.nn.Module, context: Context) -> None:
+    def setup_passes(self) -> float:
+        """Forward-and-backward passes over the whole training split, once, in `setup`."""
+        return 0.0
+
+    # -- hooks, in the order the harness calls them -----------------------------------------------
+    def setup(self, model: torch.nn.Module, context: State) -> None:
         pass
 
     def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad],
                  "weight_decay": 0.0}]
 
+    def schedule(self, state: State) -> Callable[[int], float]:
+        """The factor on each group's learning rate after `step` steps: the recipe's."""
+        return partial(state.recipe.lr_factor, total=state.total_steps)
+
+    def before_forward(self, state: State) -> None:
+        pass
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
              task_loss: torch.Tensor) -> torch.Tensor:
         return task_loss
 
+    def before_optimizer_step(self, state: State) -> None:
+        pass
+
     def after_step(self, model: torch.nn.Module) -> None:
+        pass
+
+    def before_evaluate(self, state: State) -> None:
+        pass
+
+    def after_evaluate(self, state: State) -> None:
+        pass
+
+    def after_training(self, state: State) -> None:
         pass

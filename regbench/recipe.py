@@ -4,38 +4,54 @@ suites and boards can read it without loading torch."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from regbench.errors import RegbenchError
+from regbench.params import Param
 
 PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _value(default: Any, **allowed: Any) -> Any:
+    """A recipe field whose values are checked against `allowed` (regbench.params.Param)."""
+    return field(default=default, metadata=allowed)
 
 
 @dataclass(frozen=True)
 class Recipe:
     """The training recipe shared by every regularizer (protocol.md). A suite may change it; a
-    regularizer may not."""
+    regularizer may not. Every value is checked when a recipe is made."""
 
-    learning_rate: float = 2e-5
-    batch_size: int = 16
-    epochs: int = 3
+    learning_rate: float = _value(2e-5, gt=0)
+    batch_size: int = _value(16, ge=1)
+    epochs: int = _value(3, ge=0)
     # Few-sample runs fail when they take too few steps (Mosbach et al. 2021), so small training
     # sets get more epochs until this many optimiser steps are reached.
-    min_steps: int = 300
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    group_by_length: bool = True
-    evaluations: int = 4  # validation passes spread over training; the pruner sees each one
-    eval_batch_size: int = 64
+    min_steps: int = _value(300, ge=0)
+    warmup_ratio: float = _value(0.1, ge=0, lt=1)
+    max_grad_norm: float = _value(1.0, gt=0)
+    # A pair needs three special tokens and a word of each sentence.
+    max_length: int = _value(128, ge=8)
+    group_by_length: bool = _value(True)
+    evaluations: int = _value(4, ge=1)  # validation passes over training; the pruner sees each
+    eval_batch_size: int = _value(64, ge=1)
     # bf16 autocast, as the Trainer's `bf16` flag. "auto" takes it wherever the device computes
     # bf16 natively (recent GPUs, CPUs with AVX512-BF16 or AMX), where it halves a run's time.
-    precision: str = "auto"
+    precision: str = _value("auto", choices=PRECISIONS)
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise RegbenchError(f"Recipe precision {self.precision!r} is not one of "
-                                f"{', '.join(PRECISIONS)}.")
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            try:
+                object.__setattr__(self, spec.name,
+                                   Param(spec.default, **spec.metadata).check(value))
+            except ValueError as err:
+                raise RegbenchError(f"Recipe {spec.name} = {value!r} is not allowed; it must be "
+                                    f"{err}.") from None
+        if not self.epochs and not self.min_steps:
+            raise RegbenchError("Recipe epochs and min_steps are both 0: a run would take no "
+                                "step. Set either to at least 1.")
 
     @classmethod
     def from_dict(cls, values: dict) -> Recipe:
@@ -51,3 +67,11 @@ class Recipe:
 
     def total_steps(self, n_train: int) -> int:
         return max(self.epochs * math.ceil(n_train / self.batch_size), self.min_steps)
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """The learning rate's factor after `step` of `total` steps: linear warmup over the first
+        `warmup_ratio` of the steps, then linear decay to 0 (the Hugging Face linear schedule)."""
+        warmup = int(self.warmup_ratio * total)
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))

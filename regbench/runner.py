@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from regbench.features import task_data
 from regbench.harness import fine_tune, mixed_precision, pick_device
 from regbench.modeling import model_depth
-from regbench.plugins import build, get_regularizer
+from regbench.plugins import build, distribution_of, get_regularizer
 from regbench.recipe import Recipe
 from regbench.store import (
     FAILED,
@@ -49,7 +49,10 @@ class Plan:
 
     @classmethod
     def of(cls, suite: Suite) -> Plan:
-        return cls(suite, suite.cells(), model_depth(suite.model))
+        depth = model_depth(suite.model)
+        for name, options in suite.regularizers.items():  # before any model loads
+            get_regularizer(name).check_params(options, depth)
+        return cls(suite, suite.cells(), depth)
 
     def space(self, cell: Cell) -> dict[str, Any]:
         """What the tuner searches: the plugin's space less the options the suite fixes; nothing
@@ -126,9 +129,11 @@ class SuiteRunner:
 
     # -- one run -----------------------------------------------------------------------------
     def _config(self, cell: Cell, params: dict[str, Any], seed: int) -> dict[str, Any]:
-        return {"regularizer": cell.regularizer,
-                "regularizer_version": get_regularizer(cell.regularizer).version,
-                "params": params, "task": cell.task, "n_train": cell.size,
+        """What decides a run's outcome: every parameter's value, defaults included."""
+        cls = get_regularizer(cell.regularizer)
+        return {"regularizer": cell.regularizer, "regularizer_version": cls.version,
+                "params": cls.check_params(params, self.plan.depth), "task": cell.task,
+                "n_train": cell.size,
                 "data_seed": self.suite.data_seed, "seed": seed, "model": self.suite.model,
                 "recipe": self.suite.recipe.as_dict()}
 
@@ -160,12 +165,14 @@ class SuiteRunner:
         row = {"key": key, "suite": self.suite.name, "phase": phase, "trial": trial, **config,
                "provenance": {**provenance(str(self.device)),
                               "bf16": mixed_precision(self.suite.recipe.precision, self.device),
+                              "distribution": distribution_of(cell.regularizer),
                               "worker": self.worker.id}}
         started = time.perf_counter()
         try:
-            result = fine_tune(data, build(cell.regularizer, params), seed, self.suite.model,
-                               self.suite.recipe, self.device, on_evaluate=on_evaluate,
-                               progress=self.progress, test=phase == "final")
+            result = fine_tune(data, build(cell.regularizer, config["params"]), seed,
+                               self.suite.model, self.suite.recipe, self.device,
+                               on_evaluate=on_evaluate, progress=self.progress,
+                               test=phase == "final")
         except optuna.TrialPruned:  # the objective advances the progress for the whole trial
             self.store.put({**row, "status": PRUNED, "seconds": time.perf_counter() - started})
             self.tally.pruned += 1

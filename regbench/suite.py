@@ -13,7 +13,7 @@ import yaml
 
 from regbench.errors import RegbenchError, unknown_name
 from regbench.modeling import EMBEDDED_MODEL
-from regbench.plugins import get_regularizer
+from regbench.plugins import require
 from regbench.recipe import Recipe
 from regbench.tasks import get_task
 
@@ -115,8 +115,8 @@ def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
     if not isinstance(regularizers, dict) or not regularizers:
         raise fail("regularizers", "must be a list of names or a mapping name -> fixed options.")
     regularizers = {name: dict(options or {}) for name, options in regularizers.items()}
-    for name, options in regularizers.items():
-        get_regularizer(name)(**options)  # unknown names and parameters fail here, not mid-suite
+    for name in regularizers:
+        require(name)  # its options are checked with the model's depth (runner.Plan)
 
     tuning = values.get("tuning") or {}
     if not isinstance(tuning, dict) or set(tuning) - _TUNING_KEYS:
@@ -159,7 +159,7 @@ def override(suite: Suite, **changes: Any) -> Suite:
         changes["regularizers"] = {name: suite.regularizers.get(name, {})
                                    for name in changes["regularizers"]}
         for name in changes["regularizers"]:
-            get_regularizer(name)
+            require(name)
     if "tasks" in changes:
         changes["tasks"] = tuple(get_task(t).name for t in changes["tasks"])
     for key in ("sizes", "final_seeds"):

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 
-from regbench.plugin import Context, Regularizer
+from regbench.params import Param
+from regbench.plugin import Regularizer, State
 
 
 def _squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -24,10 +25,8 @@ class L2SP(Regularizer):
     other trainable parameters taken in `setup`, before the first step.
 
     With `decoupled`, the α term leaves the loss and becomes a pull inside the step, after each
-    optimiser update: p ← p − η·α·(p − p⁰) (Zhang et al. 2021). The hooks do not see the
-    scheduled learning rate, so η is the fixed option `decoupled_lr` (the recipe's peak rate by
-    default): unlike Zhang et al., the pull does not follow warmup and decay. The β term stays in
-    the loss in both forms.
+    optimiser update: p ← p − η·α·(p − p⁰) (Zhang et al. 2021), η the scheduled learning rate of
+    that step, so the pull follows warmup and decay. The β term stays in the loss in both forms.
     """
 
     name = "l2sp"
@@ -35,14 +34,16 @@ class L2SP(Regularizer):
                    "and the norm of the new head.")
     citation = ("Li, Grandvalet & Davoine, ICML 2018, Explicit inductive bias for transfer "
                 "learning with convolutional networks")
-    defaults = {"alpha": 0.01, "beta": 0.01, "decoupled": False, "decoupled_lr": 2e-5}
+    version = "2"  # 2: the decoupled pull follows the scheduled learning rate
+    hyperparameters = {"alpha": Param(0.01, ge=0), "beta": Param(0.01, ge=0),
+                       "decoupled": Param(False)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
         return {"alpha": FloatDistribution(1e-4, 1.0, log=True),
                 "beta": FloatDistribution(1e-4, 1e-1, log=True)}
 
-    def setup(self, model: torch.nn.Module, context: Context) -> None:
+    def setup(self, model: torch.nn.Module, context: State) -> None:
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.pretrained = [p for n, p in trainable if n not in context.head_parameters]
         self.head = [p for n, p in trainable if n in context.head_parameters]
@@ -63,5 +64,6 @@ class L2SP(Regularizer):
     @torch.no_grad()
     def after_step(self, model: torch.nn.Module) -> None:
         if self.params["decoupled"]:
-            rate = self.params["decoupled_lr"] * self.params["alpha"]
+            # One group (the default's): the rate the step just used.
+            rate = self.state.lrs[0] * self.params["alpha"]
             torch._foreach_lerp_(self.pretrained, self.anchor, rate)

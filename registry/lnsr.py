@@ -10,7 +10,8 @@ import torch
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from regbench.errors import RegbenchError
-from regbench.plugin import Context, Regularizer
+from regbench.params import Param
+from regbench.plugin import Regularizer, State
 
 NOISE_KINDS = ("absolute", "relative")
 
@@ -54,18 +55,13 @@ class LNSR(Regularizer):
                 "Fine-tuning")
     # noise "relative": each token's noise has norm sigma · ‖h_i‖ (the paper's analysis: 0.05).
     # layer_weights: w_1 … w_L, one per layer (those at or below inject_layer go unused); None: 1s.
-    defaults = {"lambda": 1.0, "sigma": 0.1, "noise": "absolute", "inject_layer": 0,
-                "layer_weights": None, "include_logits": False, "samples": 1}
+    hyperparameters = {
+        "lambda": Param(1.0, ge=0), "sigma": Param(0.1, ge=0), "noise": Param(
+            "absolute", choices=NOISE_KINDS),
+        "inject_layer": Param(0, ge=0, le=lambda layers: layers - 1),
+        "layer_weights": Param(None, kind=list, nullable=True),
+        "include_logits": Param(False), "samples": Param(1, ge=1)}
     needs_hidden_states = True
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        if self.params["noise"] not in NOISE_KINDS:
-            raise RegbenchError(f"lnsr's noise must be one of {', '.join(NOISE_KINDS)}, "
-                                f"not {self.params['noise']!r}.")
-        if self.params["samples"] < 1:
-            raise RegbenchError(f"lnsr needs at least one noise sample, not "
-                                f"{self.params['samples']}.")
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
@@ -77,7 +73,7 @@ class LNSR(Regularizer):
         # Exact at inject_layer 0; an upper bound above it, where (L − i) / L of a pass reruns.
         return float(self.params["samples"])
 
-    def setup(self, model: torch.nn.Module, context: Context) -> None:
+    def setup(self, model: torch.nn.Module, context: State) -> None:
         layers = encoder_layers(model)
         top, i = len(layers), self.params["inject_layer"]
         if not 0 <= i < top:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from optuna.distributions import BaseDistribution, FloatDistribution
 from torch import nn
 
-from regbench.plugin import Context, Regularizer
+from regbench.params import Param
+from regbench.plugin import Regularizer, State
 
 
 class MixLinear(nn.Linear):
@@ -71,13 +72,13 @@ class Mixout(Regularizer):
                    "during training; dropout off.")
     citation = ("Lee, Cho & Kang, ICLR 2020, Mixout: Effective regularization to finetune "
                 "large-scale pretrained language models")
-    defaults = {"p": 0.7, "mix_head": True}
+    hyperparameters = {"p": Param(0.7, ge=0, le=1), "mix_head": Param(True)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
         return {"p": FloatDistribution(0.1, 0.9)}
 
-    def setup(self, model: torch.nn.Module, context: Context) -> None:
+    def setup(self, model: torch.nn.Module, context: State) -> None:
         region = model if self.params["mix_head"] else model.base_model
         for parent in list(region.modules()):
             for name, child in parent.named_children():

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 
-from regbench.plugin import Context, Regularizer
+from regbench.params import Param
+from regbench.plugin import Regularizer, State
 
 
 def divergence(a: torch.Tensor, b: torch.Tensor, regression: bool) -> torch.Tensor:
@@ -59,8 +60,9 @@ class Smart(Regularizer):
                    "and a Bregman proximal term toward a momentum teacher.")
     citation = ("Jiang et al., ACL 2020, SMART: Robust and efficient fine-tuning for pre-trained "
                 "natural language models through principled regularized optimization")
-    defaults = {"lambda_s": 1.0, "eta": 1e-3, "sigma": 1e-5, "K": 1, "mu": 1.0, "beta": 0.99,
-                "teacher": True}
+    hyperparameters = {"lambda_s": Param(1.0, ge=0), "eta": Param(1e-3, ge=0),
+                       "sigma": Param(1e-5, ge=0), "K": Param(1, ge=0), "mu": Param(1.0, ge=0),
+                       "beta": Param(0.99, ge=0, le=1), "teacher": Param(True)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
@@ -72,7 +74,7 @@ class Smart(Regularizer):
         # only goes forward, about a third of a forward-and-backward.
         return self.params["K"] + 1 + (1 / 3 if self.params["teacher"] else 0.0)
 
-    def setup(self, model: torch.nn.Module, context: Context) -> None:
+    def setup(self, model: torch.nn.Module, context: State) -> None:
         self.regression = context.task.is_regression
         self.teacher: torch.nn.Module | None = None
         if self.params["teacher"]:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 
+from regbench.params import Param
 from regbench.plugin import Regularizer
 
 
@@ -21,7 +22,7 @@ class WeightDecay(Regularizer):
     description = ("Decoupled weight decay toward zero (AdamW), on every parameter but biases and "
                    "LayerNorm weights.")
     citation = "Loshchilov & Hutter, ICLR 2019, Decoupled Weight Decay Regularization"
-    defaults = {"weight_decay": 0.01}
+    hyperparameters = {"weight_decay": Param(0.01, ge=0)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import torch
 from optuna.distributions import FloatDistribution
 
-from regbench.plugin import Context
+from regbench.harness import set_up
 from regbench.plugins import build
+from regbench.recipe import Recipe
 from regbench.registry.l2sp import L2SP
 from regbench.tasks import get_task
 
 
-def _set_up(minilm, **params) -> L2SP:
+def _set_up(minilm, recipe: Recipe | None = None, **params) -> L2SP:
     model, head = minilm
     regularizer = L2SP(**params)
-    regularizer.setup(model, Context(get_task("rte"), head, torch.device("cpu")))
+    set_up(regularizer, model, get_task("rte"), head, recipe)
     return regularizer
 
 
@@ -66,23 +67,27 @@ def test_gradient_is_alpha_times_drift_and_beta_times_head(minilm):
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-9)
 
 
-def test_decoupled_pulls_toward_the_start_after_each_step(minilm):
+def test_decoupled_pulls_toward_the_start_at_the_scheduled_rate(minilm):
     model, head = minilm
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    regularizer = _set_up(minilm, alpha=0.5, beta=0.0, decoupled=True, decoupled_lr=0.1)
+    # 10 steps, 5 of warmup: after 2 scheduler steps the rate is 2/5 of the peak 0.1.
+    recipe = Recipe(learning_rate=0.1, warmup_ratio=0.5, epochs=0, min_steps=10)
+    regularizer = _set_up(minilm, recipe, alpha=0.5, beta=0.0, decoupled=True)
+    for _ in range(2):  # no gradients yet: the optimiser's steps change nothing
+        regularizer.state.optimizer.step()
+        regularizer.state.scheduler.step()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     assert regularizer.penalty().item() == 0.0  # the α term has left the loss
     regularizer.after_step(model)
     for name, p in model.named_parameters():
-        moved = 1.0 if name in head else 1.0 - 0.1 * 0.5  # p − η·α·(p − p⁰), p − p⁰ = 1
+        moved = 1.0 if name in head else 1.0 - 0.04 * 0.5  # p − η·α·(p − p⁰), p − p⁰ = 1
         torch.testing.assert_close(p.detach(), start[name] + moved)
 
 
 def test_registration_defaults_and_search_space():
     assert type(build("l2sp")) is L2SP
-    assert L2SP.defaults == {"alpha": 0.01, "beta": 0.01, "decoupled": False,
-                             "decoupled_lr": 2e-5}
+    assert L2SP.defaults == {"alpha": 0.01, "beta": 0.01, "decoupled": False}
     assert L2SP.search_space(6) == {"alpha": FloatDistribution(1e-4, 1.0, log=True),
                                     "beta": FloatDistribution(1e-4, 1e-1, log=True)}

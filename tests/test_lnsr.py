@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from regbench.errors import RegbenchError
-from regbench.plugin import Context
+from regbench.harness import set_up
 from regbench.registry.lnsr import LNSR
 from regbench.tasks import get_task
 
@@ -23,7 +23,7 @@ LAYERS = 6  # MiniLM-L6
 
 def _setup(lnsr: LNSR, minilm) -> torch.nn.Module:
     model, head = minilm
-    lnsr.setup(model, Context(RTE, head, torch.device("cpu")))
+    set_up(lnsr, model, RTE, head)
     return model.eval()  # no dropout: the penalty is then a function of the noise alone
 
 
@@ -42,7 +42,7 @@ def test_penalty_is_zero_without_noise(minilm, rte_batch, inject_layer):
 def test_penalty_grows_like_sigma_squared(minilm, rte_batch):
     small, double = LNSR(sigma=1e-3), LNSR(sigma=2e-3)
     model = _setup(small, minilm)
-    double.setup(model, Context(RTE, minilm[1], torch.device("cpu")))
+    set_up(double, model, RTE, minilm[1])
     ratio = _penalty(double, model, rte_batch) / _penalty(small, model, rte_batch)
     assert ratio.item() == pytest.approx(4.0, rel=0.02)
 
@@ -83,7 +83,7 @@ def test_works_for_roberta_style_models():
     ids = torch.tensor([[0, 5, 6, 7, 2, 1, 1], [0, 5, 6, 7, 8, 9, 2]])  # 1 pads
     batch = {"input_ids": ids, "attention_mask": (ids != config.pad_token_id).long()}
     lnsr = LNSR(sigma=0.1, inject_layer=1, include_logits=True)
-    lnsr.setup(model, Context(RTE, frozenset(), torch.device("cpu")))
+    set_up(lnsr, model, RTE, frozenset())
     torch.manual_seed(1)
     expected = _with_noise_injected(model, batch, 1, 0.1, [1.0] * 3, include_logits=True)
     torch.testing.assert_close(_penalty(lnsr, model, batch), expected)
@@ -139,14 +139,13 @@ def test_loss_adds_lambda_times_the_penalty(minilm, rte_batch):
 def test_rejects_what_it_cannot_do(minilm):
     distilbert = DistilBertForSequenceClassification(DistilBertConfig(
         vocab_size=32, dim=16, hidden_dim=32, n_layers=1, n_heads=2))
-    context = Context(RTE, frozenset(), torch.device("cpu"))
     with pytest.raises(RegbenchError, match="cannot find the encoder layers"):
-        LNSR().setup(distilbert, context)
+        set_up(LNSR(), distilbert, RTE)
     with pytest.raises(RegbenchError, match="inject_layer must be in 0..5"):
-        LNSR(inject_layer=LAYERS).setup(minilm[0], context)
+        set_up(LNSR(inject_layer=LAYERS), minilm[0], RTE)
     with pytest.raises(RegbenchError, match="one weight per layer"):
-        LNSR(layer_weights=[1.0]).setup(minilm[0], context)
-    with pytest.raises(RegbenchError, match="noise must be one of"):
+        set_up(LNSR(layer_weights=[1.0]), minilm[0], RTE)
+    with pytest.raises(RegbenchError, match="noise = 'gaussian' is not allowed; it must be one of"):
         LNSR(noise="gaussian")
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from optuna.distributions import FloatDistribution
 from torch import nn
 
-from regbench.plugin import Context
+from regbench.harness import set_up
 from regbench.plugins import build
 from regbench.registry.mixout import MixLinear, Mixout
 from regbench.tasks import get_task
@@ -92,7 +92,7 @@ def test_p_must_be_a_probability():
 
 def _set_up(minilm, **params) -> torch.nn.Module:
     model, head = minilm
-    Mixout(**params).setup(model, Context(get_task("rte"), head, torch.device("cpu")))
+    set_up(Mixout(**params), model, get_task("rte"), head)
     return model
 
 

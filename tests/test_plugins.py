@@ -23,8 +23,8 @@ from optuna.distributions import FloatDistribution
 from regbench import plugins
 from regbench.data import GLUE_DIR_ENV
 from regbench.errors import RegbenchError
+from regbench.harness import set_up
 from regbench.modeling import load_model
-from regbench.plugin import Context
 from regbench.tasks import get_task
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regbench-rdrop"
@@ -63,7 +63,7 @@ def rdrop(rdrop_site, installed):
 
 def test_the_built_ins_are_found_by_name_with_their_distribution():
     assert BUILT_INS <= set(plugins.names())
-    assert {plugins.distribution_of(name) for name in BUILT_INS} == {"regbench"}
+    assert {plugins.distribution_of(name).split()[0] for name in BUILT_INS} == {"regbench"}
     assert {name: plugins.get_regularizer(name).name for name in BUILT_INS} == {
         name: name for name in BUILT_INS}
 
@@ -95,7 +95,7 @@ def test_an_unknown_name_suggests_the_closest_known_names():
 
 def test_an_installed_plugin_is_listed_with_its_distribution(rdrop, rdrop_site):
     assert "rdrop" in plugins.names()
-    assert plugins.distribution_of("rdrop") == "regbench-rdrop"
+    assert plugins.distribution_of("rdrop") == "regbench-rdrop 0.1.0"
     assert Path(inspect.getfile(rdrop)).parent == rdrop_site  # the installed copy, not the source
     regularizer = plugins.build("rdrop", {"alpha": 0.5})
     assert regularizer.params == {"alpha": 0.5}
@@ -137,7 +137,7 @@ def test_without_dropout_the_loss_is_the_task_loss(rdrop, minilm, rte_batch):
     model, head = minilm
     model.eval()
     regularizer = rdrop.RDrop(alpha=5.0)
-    regularizer.setup(model, Context(get_task("rte"), head, torch.device("cpu")))
+    set_up(regularizer, model, get_task("rte"), head)
     outputs = model(**rte_batch)
     torch.testing.assert_close(regularizer.loss(model, rte_batch, outputs, outputs.loss),
                                outputs.loss)
@@ -150,7 +150,7 @@ def test_with_dropout_the_loss_follows_the_definition(rdrop, task_name, request)
     model.train()
     batch = request.getfixturevalue(f"{task_name}_data").train.collate(list(range(4)), pad_id=0)
     regularizer = rdrop.RDrop(alpha=0.5)
-    regularizer.setup(model, Context(task, head, torch.device("cpu")))
+    set_up(regularizer, model, task, head)
     outputs = model(**batch)
     rng = torch.get_rng_state()
     loss = regularizer.loss(model, batch, outputs, outputs.loss)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from regbench.harness import set_up
 from regbench.modeling import load_model
-from regbench.plugin import Context
 from regbench.registry.smart import Smart, adversarial_perturbation, divergence, unit_inf_norm
 from regbench.tasks import get_task
 
@@ -18,7 +18,7 @@ RTE = get_task("rte")
 
 def _setup(smart: Smart, minilm) -> torch.nn.Module:
     model, head = minilm
-    smart.setup(model, Context(RTE, head, torch.device("cpu")))
+    set_up(smart, model, RTE, head)
     return model
 
 
@@ -118,7 +118,7 @@ def test_regression_tasks_get_the_squared_error(stsb_data):
     stsb = get_task("stsb")
     model, head = load_model("minilm", stsb, seed=0)
     smart = Smart(teacher=False)
-    smart.setup(model, Context(stsb, head, torch.device("cpu")))
+    set_up(smart, model, stsb, head)
     model.eval()
     batch = stsb_data.train.collate(list(range(8)), pad_id=0)
     outputs = model(**batch)
@@ -138,7 +138,7 @@ def test_regression_tasks_get_the_squared_error(stsb_data):
 def test_teacher_term_is_mu_times_the_divergence_to_the_teacher(minilm, rte_batch):
     on, off = Smart(mu=3.0), Smart(teacher=False)
     model = _setup(on, minilm)
-    off.setup(model, Context(RTE, minilm[1], torch.device("cpu")))
+    set_up(off, model, RTE, minilm[1])
     with torch.no_grad():  # move the student away from its teacher
         for p in model.parameters():
             p.add_(torch.randn_like(p), alpha=1e-2)

@@ -1,6 +1,7 @@
 import pytest
 
 from regbench.errors import RegbenchError
+from regbench.runner import Plan
 from regbench.suite import builtin_suites, load_suite, override, parse_suite
 
 BUILTINS = ["vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr"]
@@ -46,13 +47,13 @@ def test_user_yaml_by_path(tmp_path):
     ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\ntuning: {trials: -1}\n",
      r"needs a number of trials, 0 for none"),
     ("tasks: [rte]\nsizes: [10]\nregularizers: [vanilla]\nrecipe: {precision: fp16}\n",
-     r"precision 'fp16' is not one of auto, bf16, fp32"),
+     r"precision = 'fp16' is not allowed; it must be one of 'auto', 'bf16', 'fp32'"),
 ])
 def test_bad_suites_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(RegbenchError, match=message):
-        load_suite(str(path))
+        Plan.of(load_suite(str(path)))  # the plan checks options against the model's depth
 
 
 def test_unknown_suite_suggests_a_builtin():
