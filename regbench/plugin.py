@@ -2,7 +2,7 @@
 
 A regularizer is a class. The harness builds one per run with its hyperparameters, binds the run's
 `State` to it as `self.state`, then calls its hooks at these points of the one training loop (a
-plugin overrides only those it needs; docs/plugins.md has the whole table):
+plugin overrides only those it needs; the README's "Writing a regularizer" has the table):
 
     setup(model, state)            once: the model is built, the optimiser is not; may read
                                    `state.training_batches()`

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,11 +112,6 @@ def dist_info():
     return _dist_info
 
 
-@pytest.fixture(autouse=True)
-def _seeded():
-    torch.manual_seed(0)
-
-
 @pytest.fixture
 def install_plugin(tmp_path, monkeypatch):
     """Install a regularizer the way a third-party package does: a module and a dist-info with
@@ -126,6 +123,8 @@ def install_plugin(tmp_path, monkeypatch):
     def install(distribution: str, name: str, source: str) -> None:
         module = f"{distribution.replace('-', '_')}_{name}"
         (tmp_path / f"{module}.py").write_text(source)
+        sys.modules.pop(module, None)  # an earlier test's module of the same name
+        importlib.invalidate_caches()
         info = tmp_path / f"{distribution.replace('-', '_')}-0.1.dist-info"
         info.mkdir(exist_ok=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\n"

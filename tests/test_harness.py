@@ -49,40 +49,6 @@ def test_head_depends_on_the_seed_alone():
                        c.bert.encoder.layer[0].output.dense.weight)
 
 
-class Recording(Regularizer):
-    """Records the hooks in the order the harness calls them."""
-
-    name = "recording"
-    needs_hidden_states = True
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.calls = []
-
-    def setup(self, model, context):
-        self.calls.append(("setup", sorted(context.head_parameters)))
-
-    def param_groups(self, model):
-        self.calls.append(("param_groups",))
-        return super().param_groups(model)
-
-    def loss(self, model, batch, outputs, task_loss):
-        self.calls.append(("loss", len(outputs.hidden_states)))
-        return task_loss
-
-    def after_step(self, model):
-        self.calls.append(("after_step",))
-
-
-def test_hooks_are_called_in_the_contracts_order(rte_data, tiny_recipe):
-    plugin = Recording()
-    fine_tune(rte_data, plugin, seed=1, recipe=tiny_recipe, progress=False)
-    assert plugin.calls[:2] == [("setup", ["classifier.bias", "classifier.weight"]),
-                                ("param_groups",)]
-    # MiniLM has 6 layers: 7 hidden states with the embeddings.
-    assert plugin.calls[2:] == [("loss", 7), ("after_step",)] * 4
-
-
 class Exploding(Regularizer):
     name = "exploding"
 
