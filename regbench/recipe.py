@@ -11,6 +11,7 @@ from regbench.errors import RegbenchError
 from regbench.params import Param
 
 PRECISIONS = ("auto", "bf16", "fp32")
+POOLINGS = ("cls", "mean")
 
 
 def _value(default: Any, **allowed: Any) -> Any:
@@ -39,6 +40,9 @@ class Recipe:
     # bf16 autocast, as the Trainer's `bf16` flag. "auto" takes it wherever the device computes
     # bf16 natively (recent GPUs, CPUs with AVX512-BF16 or AMX), where it halves a run's time.
     precision: str = _value("auto", choices=PRECISIONS)
+    # What the task head reads: BERT's pooler on [CLS], or the mean of the real tokens, as
+    # sentence-embedding models (the embedded MiniLM) were trained to be read.
+    pooling: str = _value("cls", choices=POOLINGS)
 
     def __post_init__(self):
         for spec in fields(self):

@@ -187,7 +187,8 @@ class SuiteRunner:
             row.update(status=result.status, validation=result.validation, test=result.test,
                        validation_score=result.validation.get(metric),
                        test_score=result.test.get(metric), steps=result.steps,
-                       seconds=result.seconds, error=result.error)
+                       seconds=result.seconds, error=result.error,
+                       noise_stability=result.noise_stability)
             self.tally.failed += result.status != FINISHED
         row["peak_memory_mb"] = self._peak_memory_mb()
         self.store.put(row, replace=self.force)

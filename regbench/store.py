@@ -58,6 +58,7 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("provenance", sa.JSON),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("noise_stability", sa.JSON),  # regbench.noise_stability, for a tested run
 )
 
 
@@ -142,10 +143,23 @@ def provenance(device: str) -> dict[str, Any]:
             "git_commit": commit, "device": device, "host": platform.node()}
 
 
+def _add_new_columns(engine: sa.Engine) -> None:
+    """Columns this version added to the runs table, added to a store made by an older one (its
+    rows keep their values, the new columns start empty)."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(runs.name)}
+    with engine.begin() as connection:
+        for column in runs.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {runs.name} ADD COLUMN {column.name} {kind}")
+
+
 class Store:
     def __init__(self, url: str):
         self.engine = create_engine(url)
         tolerate_creation_race(lambda: metadata.create_all(self.engine))
+        tolerate_creation_race(lambda: _add_new_columns(self.engine))
 
     def get(self, key: str) -> dict | None:
         with self.engine.connect() as connection:
