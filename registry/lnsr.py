@@ -21,9 +21,9 @@ def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise RegbenchError(
-            f"lnsr cannot find the encoder layers of {type(model).__name__}: it looks for "
-            "`base_model.encoder.layer`, as BERT-family models have. Pick a BERT-family model "
-            "or another regularizer."
+            f"This regularizer cannot find the encoder layers of {type(model).__name__}: it "
+            "looks for `base_model.encoder.layer`, as BERT-family models have. Pick a "
+            "BERT-family model or another regularizer."
         )
     return layers
 

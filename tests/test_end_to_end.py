@@ -1,6 +1,7 @@
 """Every built-in fine-tunes end to end on a small RTE slice and on STS-B (regression), and
 changes training: runs are deterministic per seed, so a difference from vanilla is the
-regularizer's doing."""
+regularizer's doing. R-Drop, Re-init, NoisyTune and LLRD, whose own tests check them against
+their definitions, run once each, on RTE."""
 
 import math
 
@@ -31,3 +32,11 @@ def test_trains_and_differs_from_vanilla(name, task, request, tiny_recipe, vanil
     assert all(math.isfinite(v) for v in [*result.validation.values(), *result.test.values()])
     if task == "stsb":  # a continuous metric: accuracy on 32 examples could tie by chance
         assert result.validation != pytest.approx(vanilla_runs[task].validation, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["rdrop", "reinit", "noisytune", "llrd"])
+def test_the_more_methods_train_end_to_end_with_their_defaults(name, rte_data, tiny_recipe):
+    result = fine_tune(rte_data, build(name), seed=0, recipe=tiny_recipe, progress=False)
+    assert result.status == "finished" and result.steps == 4
+    assert rte_data.task.metric in result.test
+    assert all(math.isfinite(v) for v in [*result.validation.values(), *result.test.values()])

@@ -4,17 +4,18 @@ from regbench.errors import RegbenchError
 from regbench.runner import Plan
 from regbench.suite import builtin_suites, load_suite, override, parse_suite
 
-BUILTINS = ["vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr"]
+QUICKSTART = ["vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr"]
+GLUE_SMALL = [*QUICKSTART, "rdrop", "reinit", "noisytune", "llrd"]
 
 
 def test_builtin_suites_follow_the_protocol():
     assert {"quickstart", "glue-small"} <= set(builtin_suites())
     full = load_suite("glue-small")
     assert full.tasks == ("rte", "mrpc", "cola", "stsb") and full.sizes == (100, 300, 1000)
-    assert len(full.final_seeds) >= 5 and list(full.regularizers) == BUILTINS
+    assert len(full.final_seeds) >= 5 and list(full.regularizers) == GLUE_SMALL
     assert not set(full.final_seeds) & set(full.tuning_seeds)
     quick = load_suite("quickstart")
-    assert list(quick.regularizers) == BUILTINS
+    assert list(quick.regularizers) == QUICKSTART
     assert len(quick.tasks) >= 2 and len(quick.sizes) >= 2
 
 
