@@ -31,3 +31,11 @@ def test_trains_and_differs_from_vanilla(name, task, request, tiny_recipe, vanil
     assert all(math.isfinite(v) for v in [*result.validation.values(), *result.test.values()])
     if task == "stsb":  # a continuous metric: accuracy on 32 examples could tie by chance
         assert result.validation != pytest.approx(vanilla_runs[task].validation, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["childtuning_d", "recadam", "ema"])
+def test_the_more_methods_train_end_to_end_with_their_defaults(name, rte_data, tiny_recipe):
+    result = fine_tune(rte_data, build(name), seed=0, recipe=tiny_recipe, progress=False)
+    assert result.status == "finished" and result.steps == 4
+    assert rte_data.task.metric in result.test
+    assert all(math.isfinite(v) for v in [*result.validation.values(), *result.test.values()])
