@@ -36,7 +36,7 @@ class RecAdam(Regularizer):
     (the parameters the checkpoint did not hold; the authors': those outside `bert.`) takes plain
     Adam steps at η_t and no pull. The Adam step is the recipe's torch AdamW, whose ε sits inside
     the bias correction; the authors' copy of an older AdamW adds it outside, a difference of
-    ε·(1 − √(1 − β₂ᵗ)) in the denominator, nothing at ε = 1e-8.
+    ε·(1 − √(1 − β₂ᵗ)) in the denominator, felt only by gradients of the order of ε = 1e-8.
 
     Through the hooks: the pretrained parameters form the first optimiser group, whose schedule
     carries the factor λ(t) (`schedule` gives each group its own factor); `after_step` applies the

@@ -21,9 +21,10 @@ from optuna.distributions import FloatDistribution
 from regbench import plugins
 from regbench.data import GLUE_DIR_ENV
 from regbench.errors import RegbenchError
-from regbench.harness import evaluate, fine_tune
+from regbench.harness import evaluate, fine_tune, set_up
 from regbench.modeling import load_tokenizer
 from regbench.recipe import Recipe
+from regbench.tasks import get_task
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regbench-swa"
 BUILT_INS = {"vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr", "childtuning_d",
@@ -109,6 +110,11 @@ def test_an_installed_plugin_is_listed_with_its_distribution(swa, swa_site):
         plugins.build("swa", {"lr_schedule": "linear"})
 
 
+def test_swa_refuses_a_model_whose_batchnorm_statistics_it_would_not_recompute(swa):
+    with pytest.raises(RegbenchError, match="swa does not recompute BatchNorm statistics"):
+        set_up(swa.SWA(), torch.nn.Sequential(torch.nn.BatchNorm1d(4)), get_task("rte"))
+
+
 def test_an_installed_plugin_trains_from_the_command_line(swa_site, glue_dir):
     result = _python("-m", "regbench.cli", "train", "--task", "rte", "--n-train", "16",
                      "--epochs", "1", "--min-steps", "0", "--max-length", "32",
@@ -172,6 +178,7 @@ from regbench.plugin import Context, Regularizer
 class Plugin(Regularizer):
     name = "first"
     description = "Two dropout passes per batch; their outputs are pulled together."
+    citation = "Liang et al., NeurIPS 2021, R-Drop: Regularized Dropout for Neural Networks"
     defaults = {"alpha": 1.0}
 
     @classmethod
