@@ -21,7 +21,8 @@ from regbench.tasks import get_task
 # rdrop's second pass is a whole forward and backward; reinit and noisytune act once, before the
 # first step; llrd's groups only split AdamW's update into one call per depth.
 TARGETS = {"vanilla": 1.0, "weight_decay": 1.05, "l2sp": 1.15, "mixout": 1.3, "lnsr": 2.1,
-           "smart": 3.5, "rdrop": 2.1, "reinit": 1.05, "noisytune": 1.05, "llrd": 1.05}
+           "smart": 3.5, "rdrop": 2.1, "reinit": 1.05, "noisytune": 1.05, "llrd": 1.05,
+           "childtuning_d": 1.05, "recadam": 1.1, "ema": 1.1}
 BATCHES, ROUNDS = 4, 3
 # fp32, as every earlier figure; the schedule long enough that no step runs at a rate of 0.
 RECIPE = Recipe(precision="fp32", epochs=0, min_steps=1000)
@@ -38,7 +39,9 @@ def test_step_time_relative_to_vanilla(benchmark, glue_dir):
         model, head = load_model("minilm", task, seed=1)
         model.train()
         regularizer = build(name, {"inject_layer": 0, "samples": 1} if name == "lnsr" else {})
-        setups[name] = (regularizer, set_up(regularizer, model, task, head, RECIPE))
+        # The batches are the training split too, for a plugin that reads it in setup.
+        setups[name] = (regularizer, set_up(regularizer, model, task, head, RECIPE,
+                                            read_training=lambda: iter(batches)))
 
     def steps(name: str) -> float:
         regularizer, state = setups[name]

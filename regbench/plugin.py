@@ -7,7 +7,8 @@ plugin overrides only those it needs; the README's "Writing a regularizer" has t
     setup(model, state)            once: the model is built, the optimiser is not; may read
                                    `state.training_batches()`
     param_groups(model)            once: the optimiser's groups (a group may set its own `lr`)
-    schedule(state)                once: the learning-rate factor of each step
+    schedule(state)                once: the learning-rate factor of each step (one for all
+                                   groups, or a list with one per group)
     each step:
       before_forward(state)        `state.batch` is set; `state.step` counts the steps taken
       loss(model, batch, outputs, task_loss)   the training loss
@@ -156,8 +157,9 @@ class Regularizer:
         return [{"params": [p for p in model.parameters() if p.requires_grad],
                  "weight_decay": 0.0}]
 
-    def schedule(self, state: State) -> Callable[[int], float]:
-        """The factor on each group's learning rate after `step` steps: the recipe's."""
+    def schedule(self, state: State) -> Callable[[int], float] | list[Callable[[int], float]]:
+        """The factor on each group's learning rate after `step` steps: the recipe's. A list
+        gives each group of `param_groups` its own factor, in their order."""
         return partial(state.recipe.lr_factor, total=state.total_steps)
 
     def before_forward(self, state: State) -> None:

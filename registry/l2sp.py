@@ -18,6 +18,14 @@ def _squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors)).square().sum()
 
 
+def pretrained_and_head(model: torch.nn.Module,
+                        state: State) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """The trainable parameters the checkpoint held, and those it did not (the new head)."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return ([p for n, p in trainable if n not in state.head_parameters],
+            [p for n, p in trainable if n in state.head_parameters])
+
+
 class L2SP(Regularizer):
     """Ω(θ) = α/2 · Σ_pretrained ‖p − p⁰‖² + β/2 · Σ_head ‖p‖², added to the task loss.
 
@@ -44,9 +52,7 @@ class L2SP(Regularizer):
                 "beta": FloatDistribution(1e-4, 1e-1, log=True)}
 
     def setup(self, model: torch.nn.Module, context: State) -> None:
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.pretrained = [p for n, p in trainable if n not in context.head_parameters]
-        self.head = [p for n, p in trainable if n in context.head_parameters]
+        self.pretrained, self.head = pretrained_and_head(model, context)
         self.anchor = [p.detach().clone() for p in self.pretrained]
 
     def penalty(self) -> torch.Tensor:

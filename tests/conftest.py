@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import BertConfig, BertForSequenceClassification
 
 from regbench import plugins
 from regbench.features import CACHE_ENV, Examples, TaskData, task_data
@@ -71,6 +72,34 @@ def minilm():
 def rte_batch(rte_data):
     """Eight real RTE examples, padded as the harness pads them."""
     return rte_data.train.collate(list(range(8)), pad_id=0)
+
+
+@pytest.fixture
+def tiny_bert():
+    """A two-layer BERT of width 8 with a fresh two-class head and no dropout, and the names of
+    its head parameters: deterministic steps in milliseconds."""
+    # Weights drawn wider than BERT's 0.02, so that gradients are of a trained model's order.
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16, num_labels=2,
+                        initializer_range=0.5, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return (BertForSequenceClassification(config).train(),
+            frozenset({"classifier.weight", "classifier.bias"}))
+
+
+@pytest.fixture
+def tiny_batches():
+    """Three batches of four random sequences of length 6 for `tiny_bert`, the last token of the
+    second sequence padding."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(3):
+        mask = torch.ones(4, 6, dtype=torch.long)
+        mask[1, -1] = 0
+        batches.append({"input_ids": torch.randint(1, 30, (4, 6), generator=generator) * mask,
+                        "attention_mask": mask,
+                        "labels": torch.randint(0, 2, (4,), generator=generator)})
+    return batches
 
 
 @pytest.fixture(autouse=True)

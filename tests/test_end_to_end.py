@@ -34,7 +34,8 @@ def test_trains_and_differs_from_vanilla(name, task, request, tiny_recipe, vanil
         assert result.validation != pytest.approx(vanilla_runs[task].validation, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["rdrop", "reinit", "noisytune", "llrd"])
+@pytest.mark.parametrize("name", ["rdrop", "reinit", "noisytune", "llrd", "childtuning_d",
+                                  "recadam", "ema"])
 def test_the_more_methods_train_end_to_end_with_their_defaults(name, rte_data, tiny_recipe):
     result = fine_tune(rte_data, build(name), seed=0, recipe=tiny_recipe, progress=False)
     assert result.status == "finished" and result.steps == 4

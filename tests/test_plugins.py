@@ -1,12 +1,11 @@
-"""Plugin discovery as a third party meets it: the built-ins, an installed example plugin (R-Drop,
-examples/regbench-rdrop) checked against its definition, and what a broken or clashing
-distribution looks like to the user."""
+"""Plugin discovery as a third party meets it: the built-ins, the installed example plugin (SWA,
+examples/regbench-swa) checked against its definition, a plugin of the first version of the
+contract, and what a broken or clashing distribution looks like to the user."""
 
 from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 import re
 import shutil
@@ -17,31 +16,34 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from optuna.distributions import FloatDistribution
 
 from regbench import plugins
 from regbench.data import GLUE_DIR_ENV
 from regbench.errors import RegbenchError
-from regbench.harness import set_up
-from regbench.modeling import load_model
+from regbench.harness import evaluate, fine_tune, set_up
+from regbench.modeling import load_tokenizer
+from regbench.recipe import Recipe
 from regbench.tasks import get_task
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regbench-rdrop"
-BUILT_INS = {"vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr"}
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regbench-swa"
+BUILT_INS = {"vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr", "childtuning_d",
+             "recadam", "ema"}
 
 
-def _python(*args: str, path: tuple[Path, ...] = (), **env: str) -> subprocess.CompletedProcess:
+def _python(*args: str, path: tuple[Path, ...] = (), cwd: Path | None = None,
+            **env: str) -> subprocess.CompletedProcess:
     """Run `python *args` in a fresh interpreter, with `path` on its PYTHONPATH."""
     pythonpath = [*map(str, path), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(pythonpath)})
 
 
 @pytest.fixture(scope="session")
-def rdrop_site(tmp_path_factory) -> Path:
-    """The example plugin, installed by pip into a folder of its own: nothing global changes."""
-    work = tmp_path_factory.mktemp("rdrop")
+def swa_site(tmp_path_factory) -> Path:
+    """The example plugin, installed by pip into a folder of its own (`site`, beside the copy of
+    its source it was built from, `source`): nothing global changes."""
+    work = tmp_path_factory.mktemp("swa")
     # A build writes into its source tree: build a copy, not the repository.
     source = shutil.copytree(EXAMPLE, work / "source",
                              ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
@@ -55,10 +57,10 @@ def rdrop_site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def rdrop(rdrop_site, installed):
+def swa(swa_site, installed):
     """The installed example's module, found the way regbench finds it."""
-    installed(rdrop_site)
-    return sys.modules[plugins.get_regularizer("rdrop").__module__]
+    installed(swa_site)
+    return sys.modules[plugins.get_regularizer("swa").__module__]
 
 
 def test_the_built_ins_are_found_by_name_with_their_distribution():
@@ -93,80 +95,125 @@ def test_an_unknown_name_suggests_the_closest_known_names():
         plugins.build("weightdecay")
 
 
-def test_an_installed_plugin_is_listed_with_its_distribution(rdrop, rdrop_site):
-    assert "rdrop" in plugins.names()
-    assert plugins.distribution_of("rdrop") == "regbench-rdrop 0.1.0"
-    assert Path(inspect.getfile(rdrop)).parent == rdrop_site  # the installed copy, not the source
-    regularizer = plugins.build("rdrop", {"alpha": 0.5})
-    assert regularizer.params == {"alpha": 0.5}
-    assert regularizer.extra_passes() == 1
-    assert rdrop.RDrop.search_space(6) == {"alpha": FloatDistribution(0.1, 10.0, log=True)}
+def test_an_installed_plugin_is_listed_with_its_distribution(swa, swa_site):
+    assert "swa" in plugins.names()
+    assert plugins.distribution_of("swa") == "regbench-swa 0.1.0"
+    assert Path(inspect.getfile(swa)).parent == swa_site  # the installed copy, not the source
+    regularizer = plugins.build("swa", {"swa_start": 0.5, "c": 2})
+    assert regularizer.params == {"swa_start": 0.5, "swa_lr": 0.5, "lr_schedule": "constant",
+                                  "c": 2}
+    assert (regularizer.extra_passes(), regularizer.setup_passes()) == (0, 0)
+    assert swa.SWA.search_space(6) == {"swa_start": FloatDistribution(0.5, 0.9),
+                                       "swa_lr": FloatDistribution(0.1, 1.0, log=True)}
+    with pytest.raises(RegbenchError, match=r"'swa': lr_schedule = 'linear' is not allowed; it "
+                                            r"must be one of 'constant', 'cyclic'"):
+        plugins.build("swa", {"lr_schedule": "linear"})
 
 
-def test_an_installed_plugin_trains_from_the_command_line(rdrop_site, glue_dir):
+def test_swa_refuses_a_model_whose_batchnorm_statistics_it_would_not_recompute(swa):
+    with pytest.raises(RegbenchError, match="swa does not recompute BatchNorm statistics"):
+        set_up(swa.SWA(), torch.nn.Sequential(torch.nn.BatchNorm1d(4)), get_task("rte"))
+
+
+def test_an_installed_plugin_trains_from_the_command_line(swa_site, glue_dir):
     result = _python("-m", "regbench.cli", "train", "--task", "rte", "--n-train", "16",
                      "--epochs", "1", "--min-steps", "0", "--max-length", "32",
-                     "--regularizer", "rdrop", "--param", "alpha=0.5", "--json",
-                     path=(rdrop_site,), **{GLUE_DIR_ENV: str(glue_dir)})
+                     "--regularizer", "swa", "--param", "swa_start=0.5", "--json",
+                     path=(swa_site,), **{GLUE_DIR_ENV: str(glue_dir)})
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert (report["regularizer"], report["params"]) == ("rdrop", {"alpha": 0.5})
+    assert (report["regularizer"], report["params"]["swa_start"]) == ("swa", 0.5)
     assert (report["status"], report["steps"], report["n_train"]) == ("finished", 1, 16)
     assert 0 <= report["test"]["accuracy"] <= 1
 
 
-def _symmetric_kl_by_hand(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """½ (KL(P‖Q) + KL(Q‖P)) from torch's own KL, for P and Q the softmax of `a` and `b`."""
-    log_p, log_q = a.log_softmax(-1), b.log_softmax(-1)
-    kl_pq = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
-    kl_qp = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
-    return (kl_pq + kl_qp) / 2
+def test_the_examples_own_tests_pass_against_the_installed_plugin(swa_site):
+    result = _python("-m", "pytest", "-q", "-p", "no:cacheprovider", "test_regbench_swa.py",
+                     path=(swa_site,), cwd=swa_site.parent / "source")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
 
 
-def test_symmetric_kl_is_zero_for_identical_logits_and_matches_a_hand_computation(rdrop):
-    a, b = torch.randn(5, 3), torch.randn(5, 3)
-    torch.testing.assert_close(rdrop.symmetric_kl(a, a), torch.zeros(5))
-    torch.testing.assert_close(rdrop.symmetric_kl(a, a + 2.0), torch.zeros(5))  # same softmax
-    # P = (1/4, 3/4), Q = (1/2, 1/2): ½ (¼·ln 2 + ¼·ln(3/2)) = ln(3)/8
-    value = rdrop.symmetric_kl(torch.tensor([[0.0, math.log(3.0)]]), torch.zeros(1, 2))
-    assert value.item() == pytest.approx(math.log(3.0) / 8, rel=1e-6)
-    torch.testing.assert_close(rdrop.symmetric_kl(a, b), _symmetric_kl_by_hand(a, b))
+def test_swa_trains_at_its_rate_and_tests_the_mean_of_the_weights_from_swa_start(swa,
+                                                                               rte_data):
+    # 32 examples in batches of 8, two epochs: 8 steps; SWA from step 4, a weight every 2 steps.
+    recipe = Recipe(epochs=2, min_steps=0, batch_size=8, max_length=64, evaluations=1,
+                    learning_rate=1e-3, warmup_ratio=0.0)
+
+    class Recording(swa.SWA):
+        """Records the rate of every step, and a running sum of the weights after steps 4, 6
+        and 8, in float64."""
+
+        def after_step(self, model):
+            super().after_step(model)
+            self.rates.append(self.state.lrs[0])
+            if self.state.step in (4, 6, 8):
+                for n, p in model.named_parameters():
+                    self.total[n] = self.total.get(n, 0) + p.detach().double()
+
+    plugin = Recording(swa_start=0.5, swa_lr=0.25, c=2)
+    plugin.rates, plugin.total = [], {}
+    result = fine_tune(rte_data, plugin, seed=0, recipe=recipe, progress=False)
+    # The recipe's linear decay for 4 steps, then a quarter of the peak rate.
+    assert plugin.rates == pytest.approx([1e-3 * (8 - s) / 8 for s in range(4)] + [2.5e-4] * 4)
+
+    model = plugin.state.model
+    last = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plugin.before_evaluate(plugin.state)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), plugin.total[n] / 3, rtol=1e-6,
+                                   atol=1e-8)
+    pad, state = load_tokenizer("minilm").pad_token_id, plugin.state
+    assert result.test == evaluate(model, rte_data.test, rte_data.task, pad, 64, state.device,
+                                   state.bf16)
+    plugin.after_evaluate(plugin.state)
+    assert all(torch.equal(p, last[n]) for n, p in model.named_parameters())
 
 
-def test_without_dropout_the_loss_is_the_task_loss(rdrop, minilm, rte_batch):
-    model, head = minilm
-    model.eval()
-    regularizer = rdrop.RDrop(alpha=5.0)
-    set_up(regularizer, model, get_task("rte"), head)
-    outputs = model(**rte_batch)
-    torch.testing.assert_close(regularizer.loss(model, rte_batch, outputs, outputs.loss),
-                               outputs.loss)
+FIRST_VERSION = """
+from optuna.distributions import FloatDistribution
+from regbench.plugin import Context, Regularizer
 
 
-@pytest.mark.parametrize("task_name", ["rte", "stsb"])
-def test_with_dropout_the_loss_follows_the_definition(rdrop, task_name, request):
-    task = get_task(task_name)
-    model, head = load_model("minilm", task, seed=0)
-    model.train()
-    batch = request.getfixturevalue(f"{task_name}_data").train.collate(list(range(4)), pad_id=0)
-    regularizer = rdrop.RDrop(alpha=0.5)
-    set_up(regularizer, model, task, head)
-    outputs = model(**batch)
-    rng = torch.get_rng_state()
-    loss = regularizer.loss(model, batch, outputs, outputs.loss)
-    torch.set_rng_state(rng)  # the plugin's second pass again: the same dropout masks
-    second = model(**batch)
+class Plugin(Regularizer):
+    name = "first"
+    description = "Two dropout passes per batch; their outputs are pulled together."
+    citation = "Liang et al., NeurIPS 2021, R-Drop: Regularized Dropout for Neural Networks"
+    defaults = {"alpha": 1.0}
 
-    a, b = outputs.logits, second.logits
-    assert not torch.allclose(a, b)  # another dropout mask
-    gap = (a - b).square().mean() if task.is_regression else _symmetric_kl_by_hand(a, b).mean()
-    assert gap > 0
-    expected = (outputs.loss + second.loss) / 2 + 0.5 * gap
-    torch.testing.assert_close(loss, expected)
-    # Gradients flow through both passes, as through the expression above.
-    weight = model.classifier.weight
-    (grad,) = torch.autograd.grad(loss, weight, retain_graph=True)
-    torch.testing.assert_close(grad, torch.autograd.grad(expected, weight)[0])
+    @classmethod
+    def search_space(cls, num_layers):
+        return {"alpha": FloatDistribution(0.1, 10.0, log=True)}
+
+    def extra_passes(self):
+        return 1.0
+
+    def setup(self, model, context: Context):
+        self.regression = context.task.is_regression
+        self.calls = 0
+
+    def loss(self, model, batch, outputs, task_loss):
+        self.calls += 1
+        second = model(**batch)
+        gap = (outputs.logits.float() - second.logits.float()).square().mean()
+        return (task_loss + second.loss) / 2 + self.params["alpha"] * gap
+"""
+
+
+def test_a_plugin_of_the_first_contract_still_trains_end_to_end(install_plugin, rte_data,
+                                                                tiny_recipe):
+    """The shape of the first example plugin: a defaults dict, a search space, `setup(model,
+    context)` reading the task, and a `loss` hook, imported with the first names."""
+    install_plugin("regbench-first", "first", FIRST_VERSION)
+    plugin = plugins.build("first", {"alpha": 2})
+    assert plugin.params == {"alpha": 2.0}
+    with pytest.raises(RegbenchError, match=r"alpha = 20\.0 is not allowed; it must be a number "
+                                            r"≥ 0\.1 and ≤ 10"):
+        plugins.build("first", {"alpha": 20.0})
+    result = fine_tune(rte_data, plugin, seed=0, recipe=tiny_recipe, progress=False)
+    assert (result.status, result.steps, plugin.calls, plugin.regression) == (
+        "finished", 4, 4, False)
+    assert 0 <= result.test["accuracy"] <= 1
 
 
 def test_a_plugin_that_fails_to_import_is_reported_and_spares_the_others(tmp_path, installed,
