@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import statistics
 import time
 import traceback
@@ -196,11 +195,12 @@ class SuiteRunner:
         self._advance(cell)
         return row
 
-    def _peak_memory_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        # The process's high-water mark (Linux reports KiB): runs only ever raise it.
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def _peak_memory_mb(self) -> float | None:
+        """CUDA's peak allocated memory since the run began. None on the CPU: the process's
+        high-water mark there is the largest run so far, not this one."""
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
 
     # -- tuning ------------------------------------------------------------------------------
     def tune(self, cell: Cell) -> dict[str, Any] | None | object:

@@ -5,6 +5,7 @@ import sys
 import time
 
 import optuna
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -36,7 +37,8 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
     assert runs.key.is_unique and (runs.phase == "tune").sum() == 2
     row = finals.iloc[0]
     assert {"regbench", "torch", "transformers", "git_commit", "device"} <= set(row.provenance)
-    assert row.seconds > 0 and row.peak_memory_mb > 0 and row.recipe["max_length"] == 32
+    # On the CPU there is no per-run memory figure to store.
+    assert row.seconds > 0 and pd.isna(row.peak_memory_mb) and row.recipe["max_length"] == 32
 
     plan = Plan.of(suite)
     study = optuna.load_study(study_name=plan.study_name(Cell("weight_decay", "rte", 16)),
