@@ -154,7 +154,7 @@ def cmd_leaderboard(args) -> None:
 
     suite = load_suite(args.suite)
     frame = Store(storage_url(suite.name, args.storage)).frame(suite.name)
-    path = publish_suite(suite, frame, args.out, args.data_dir)
+    path = publish_suite(suite, frame, args.out, args.data_dir, force=args.force)
     print(f"leaderboard of {len(frame)} stored runs written to {path}")
 
 
@@ -249,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--suite", required=True, help="a built-in suite name or a YAML file")
     board.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///runs/<suite>.db)")
     board.add_argument("--out", default="leaderboard", help="folder for the markdown and plots")
+    board.add_argument("--force", action="store_true",
+                       help="replace a published board even by one of fewer runs")
     _add_data_options(board)
     board.set_defaults(run=cmd_leaderboard)
 

@@ -3,7 +3,7 @@ of every regularizer at each size."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import numpy as np
 import pandas as pd
@@ -11,30 +11,37 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from regbench.leaderboard import VANILLA, Leaderboard, metric, task_label
-from regbench.store import DIVERGED, SETTLED
+from regbench.board import COMPLETED, VANILLA, Leaderboard, metric_name, task_label
+from regbench.store import DIVERGED, FAILED
 
 # Figures are built with `Figure`, not pyplot: no global state and no GUI backend; savefig draws
 # them with Agg.
 DPI = 130
+# The least span of a score axis. Test halves of a few hundred examples score in steps of a few
+# thousandths: a narrower axis would blow a difference of one or two examples up to full height.
+MIN_SPAN = 0.05
 
 
-def plot(board: Leaderboard, out_dir: Path, name: str) -> list[Path]:
-    """Write `<name>-<task>-sizes.png` and `<name>-<task>-seeds.png` per task; return the paths."""
+def figures(board: Leaderboard) -> dict[str, Figure]:
+    """`<task>-sizes` and `<task>-seeds` of every task with a scored run."""
     colors = _colors(board.overall.regularizer)
-    paths = []
+    drawn = {}
     for task, cells in board.cells.groupby("task", sort=False):
         runs = board.runs[board.runs.task == task]
-        if runs.test_score.isna().all():
+        if runs.score.isna().all():
             continue
-        threshold = board.provenance["baselines"].get(task)
+        threshold = board.provenance["baselines"][task]
         for kind, draw in (("sizes", _sizes), ("seeds", _seeds)):
             figure = draw(cells, runs, threshold, colors)
-            figure.suptitle(f"{task_label(task)}: test {metric(task)} of the final seeds")
-            path = Path(out_dir) / f"{name}-{task}-{kind}.png"
-            figure.savefig(path, dpi=DPI, bbox_inches="tight")
-            paths.append(path)
-    return paths
+            figure.suptitle(f"{task_label(task)}: test {metric_name(task)} of the final seeds")
+            drawn[f"{task}-{kind}"] = figure
+    return drawn
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def _colors(regularizers: pd.Series) -> dict[str, tuple]:
@@ -45,13 +52,20 @@ def _colors(regularizers: pd.Series) -> dict[str, tuple]:
                                          for i, r in enumerate(others)}}
 
 
-def _baseline(ax, threshold: float | None) -> None:
-    if threshold is not None:
-        ax.axhline(threshold, color="grey", linestyle="--", linewidth=1,
-                   label="majority baseline (failure)")
+def _baseline(ax, threshold: float) -> None:
+    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1,
+               label="majority baseline (failure)")
 
 
-def _sizes(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float | None,
+def _floor_span(ax) -> None:
+    """Widen the score axis to MIN_SPAN around its data, where it is narrower."""
+    low, high = ax.get_ylim()
+    if high - low < MIN_SPAN:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
+
+
+def _sizes(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float,
            colors: dict[str, tuple]) -> Figure:
     """Mean score against N on a log axis, one line per regularizer, with every seed's score."""
     figure = Figure(figsize=(7.5, 4.5))
@@ -63,10 +77,11 @@ def _sizes(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float | None,
         ax.plot(line.n_train, line["mean"], marker="o", color=color, label=regularizer)
         # Side by side rather than on top of each other: a small shift on the log axis.
         shift = 1.04 ** (i - (len(regularizers) - 1) / 2)
-        seeds = runs[(runs.regularizer == regularizer) & runs.test_score.notna()]
-        ax.scatter(seeds.n_train * shift, seeds.test_score, color=color, s=12, alpha=0.45,
+        seeds = runs[(runs.regularizer == regularizer) & runs.score.notna()]
+        ax.scatter(seeds.n_train * shift, seeds.score, color=color, s=12, alpha=0.45,
                    linewidths=0)
     _baseline(ax, threshold)
+    _floor_span(ax)
     sizes = sorted(cells.n_train.unique())
     ax.set_xscale("log")
     ax.set_xticks(sizes, labels=[str(n) for n in sizes])
@@ -79,18 +94,20 @@ def _sizes(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float | None,
 
 
 def _notes(runs: pd.DataFrame) -> list[str]:
-    """What a panel's dots do not show: runs without a score."""
+    """What a panel's dots do not tell: missing runs, and runs drawn at the baseline because
+    they diverged or crashed."""
     notes = []
-    settled = runs.status.isin(SETTLED).sum()
-    if settled < len(runs):
-        notes.append(f"{settled}/{len(runs)} seeds")
-    diverged = (runs.status == DIVERGED).sum()
-    if diverged:
-        notes.append(f"{diverged} diverged")
+    completed = runs.status.isin(COMPLETED).sum()
+    if completed < len(runs):
+        notes.append(f"{completed}/{len(runs)} seeds")
+    for status, what in ((DIVERGED, "diverged"), (FAILED, "crashed")):
+        count = (runs.status == status).sum()
+        if count:
+            notes.append(f"{count} {what}")
     return notes
 
 
-def _seeds(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float | None,
+def _seeds(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float,
            colors: dict[str, tuple]) -> Figure:
     """One panel per N: a box and the seed scores of every regularizer."""
     sizes = sorted(cells.n_train.unique())
@@ -101,7 +118,7 @@ def _seeds(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float | None,
         labels = []
         for x, regularizer in enumerate(regularizers):
             mine = runs[(runs.n_train == n) & (runs.regularizer == regularizer)]
-            scores = mine.test_score.dropna().to_numpy()
+            scores = mine.score.dropna().to_numpy()
             labels.append(regularizer + "".join(f"\n{note}" for note in _notes(mine)))
             if not scores.size:
                 continue
@@ -113,5 +130,6 @@ def _seeds(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float | None,
         ax.set_xticks(range(len(regularizers)), labels=labels, rotation=45, ha="right")
         ax.set_title(f"N = {n}")
         ax.grid(axis="y", alpha=0.3)
+    _floor_span(axes[0])  # the axes share it
     axes[0].set_ylabel("test score per seed")
     return figure

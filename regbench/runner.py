@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import statistics
 import time
 import traceback
@@ -35,7 +34,15 @@ from regbench.store import (
 )
 from regbench.suite import Cell, Suite
 from regbench.tasks import get_task
-from regbench.tuning import RUN_FAILED, open_study, retry, slot_key, start_trial, suggest
+from regbench.tuning import (
+    RUN_FAILED,
+    open_study,
+    report,
+    retry,
+    slot_key,
+    start_trial,
+    suggest,
+)
 from regbench.workers import Claim, Worker
 
 log = logging.getLogger(__name__)
@@ -69,10 +76,11 @@ class Plan:
 
     def study_name(self, cell: Cell) -> str:
         """Readable, and unique to everything that decides the study's trials: a suite run with
-        another model, recipe or seeds gets a study of its own."""
+        another model, recipe, seeds or tuning settings gets a study of its own."""
         setup = run_key({"model": self.suite.model, "recipe": self.suite.recipe.as_dict(),
                          "data_seed": self.suite.data_seed,
                          "tuning_seeds": self.suite.tuning_seeds,
+                         "tuning": vars(self.suite.tuning),
                          "fixed": self.suite.regularizers[cell.regularizer],
                          "version": get_regularizer(cell.regularizer).version})
         return f"{self.suite.name}/{cell.regularizer}/{cell.task}/{cell.size}/{setup[:10]}"
@@ -197,11 +205,12 @@ class SuiteRunner:
         self._advance(cell)
         return row
 
-    def _peak_memory_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        # The process's high-water mark (Linux reports KiB): runs only ever raise it.
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def _peak_memory_mb(self) -> float | None:
+        """CUDA's peak allocated memory since the run began. None on the CPU: the process's
+        high-water mark there is the largest run so far, not this one."""
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
 
     # -- tuning ------------------------------------------------------------------------------
     def tune(self, cell: Cell) -> dict[str, Any] | None | object:
@@ -213,9 +222,8 @@ class SuiteRunner:
         if not space:
             return fixed
         name = self.plan.study_name(cell)
-        steps = self.suite.recipe.total_steps(cell.size)
-        study = open_study(self.studies, name, self.suite.tuning,
-                           steps * len(self.suite.tuning_seeds))
+        study = open_study(self.studies, name, self.suite.tuning, self.suite.recipe.evaluations,
+                           len(self.suite.tuning_seeds))
         defaults = get_regularizer(cell.regularizer).defaults
         first = {k: defaults[k] for k in space}
         budget = self.suite.tuning.trials
@@ -241,23 +249,26 @@ class SuiteRunner:
 
     def _run_trial(self, cell: Cell, study: optuna.Study, trial: optuna.Trial, claim: str,
                    fixed: dict[str, Any], space: dict[str, Any]) -> None:
-        """Run one trial: the mean validation score over the tuning seeds, each reported to the
-        pruner as it comes, seed after seed on one axis."""
+        """Run one trial: the mean validation score over the tuning seeds, the running mean
+        reported to the pruner as it comes (`regbench.tuning.report`)."""
         seeds = self.suite.tuning_seeds
         steps = self.suite.recipe.total_steps(cell.size)
 
         def objective() -> float:
             params = {**fixed, **suggest(trial, space)}
             scores = []
+            curves: list[list[float]] = []  # each seed's validation scores so far
             for i, seed in enumerate(seeds):
-                def report(step: int, score: float, i: int = i) -> None:
-                    trial.report(score, i * steps + step)
-                    if trial.should_prune():
+                curves.append([])
+
+                def evaluated(step: int, score: float, i: int = i) -> None:
+                    curves[i].append(score)
+                    if report(trial, curves, self.suite.recipe.evaluations):
                         self.tally.saved_by_pruning += len(seeds) - i - 1 + (steps - step) / steps
                         self._advance(cell, len(seeds) - i)
                         raise optuna.TrialPruned()
 
-                row = self.run_one("tune", cell, params, seed, trial.number, report)
+                row = self.run_one("tune", cell, params, seed, trial.number, evaluated)
                 if row["status"] != FINISHED:
                     self._advance(cell, len(seeds) - i - 1)
                     raise RunFailed(row["error"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import random
 import subprocess
@@ -138,9 +139,23 @@ def provenance(device: str) -> dict[str, Any]:
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
     return {"regbench": regbench.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "git_commit": commit, "device": device, "host": platform.node()}
+            "git_commit": commit, "device": device, "host": platform.node(),
+            "cpu": f"{_cpu_model()}, {os.cpu_count()} logical CPUs", "gpu": gpu}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name as Linux gives it; where there is no /proc/cpuinfo, the platform's
+    word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _add_new_columns(engine: sa.Engine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import numpy as np
@@ -20,21 +21,68 @@ RUN_FAILED = "run_failed"  # user attribute of a trial whose run raised or diver
 SLOT = "slot"  # user attribute: the budget slot a trial ran in
 
 
-def make_pruner(tuning: Tuning, max_resource: int) -> optuna.pruners.BasePruner:
-    if tuning.pruner == "median":
-        # A fifth of the budget must finish before any trial is judged: enough for a median
-        # that means something, few enough that small budgets still prune.
-        return optuna.pruners.MedianPruner(n_startup_trials=max(1, tuning.trials // 5))
-    if tuning.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource)
-    return optuna.pruners.NopPruner()
+def make_pruner(tuning: Tuning, evaluations: int, seeds: int) -> optuna.pruners.BasePruner:
+    """The pruner of a study whose trials `report` `evaluations` validation scores on each of
+    `seeds` tuning seeds."""
+    if tuning.pruner == "none":
+        return optuna.pruners.NopPruner()
+    judge = (_MedianAtStep() if tuning.pruner == "median" else
+             optuna.pruners.HyperbandPruner(min_resource=1, max_resource=evaluations * seeds))
+    # Two completed trials at least, the defaults and another: a small budget must not be
+    # decided by one comparison with the defaults. And not in the first half of the first seed's
+    # training, where scores still say more about the warmup than about the parameters.
+    return _Deferred(judge, startup=max(2, tuning.trials // 5), warmup=evaluations // 2)
+
+
+class _MedianAtStep(optuna.pruners.BasePruner):
+    """Prunes a trial whose value is below the median of the completed trials' values at the same
+    step. Optuna's MedianPruner takes a trial's best value so far instead, which across a trial's
+    seeds sets one seed's final score against the others' early ones."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        others = [t.intermediate_values[step]
+                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if step in t.intermediate_values]
+        return bool(others) and bool(trial.intermediate_values[step] < np.median(others))
+
+
+class _Deferred(optuna.pruners.BasePruner):
+    """`judge`'s verdict, heeded once `startup` trials have completed, after step `warmup`."""
+
+    def __init__(self, judge: optuna.pruners.BasePruner, startup: int, warmup: int):
+        self.judge, self.startup, self.warmup = judge, startup, warmup
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        # Asked even when not heeded: Hyperband records each trial's value at its rungs as it is
+        # asked, and later trials compete with those.
+        verdict = self.judge.prune(study, trial)
+        return (verdict and trial.last_step > self.warmup and
+                len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+                >= self.startup)
+
+
+def report(trial: optuna.Trial, curves: list[list[float]], evaluations: int) -> bool:
+    """Report the latest validation score of a trial to its pruner; True when it says to prune.
+    `curves[s]` holds the scores so far of tuning seed s, the last seed in progress.
+
+    At evaluation k of seed s, the value is the mean over seeds 0..s of their k-th scores, at
+    step s * evaluations + k: every trial reports the same seeds at the same point of training
+    under the same step. A seed run stored before, when a cut-off trial is run again, left no
+    scores to average: such a trial is no longer judged.
+    """
+    seed, k = len(curves) - 1, len(curves[-1])
+    if any(len(curve) < k for curve in curves):
+        return False
+    trial.report(statistics.fmean(curve[k - 1] for curve in curves), seed * evaluations + k)
+    return trial.should_prune()
 
 
 def open_study(storage: optuna.storages.BaseStorage, name: str, tuning: Tuning,
-               max_resource: int) -> optuna.Study:
+               evaluations: int, seeds: int) -> optuna.Study:
     """The study of one (regularizer, task, size), created by whichever worker comes first."""
     return optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                               load_if_exists=True, pruner=make_pruner(tuning, max_resource))
+                               load_if_exists=True, pruner=make_pruner(tuning, evaluations, seeds))
 
 
 def make_sampler(sampler_seed: int, slot: int) -> optuna.samplers.BaseSampler:

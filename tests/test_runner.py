@@ -5,12 +5,15 @@ import sys
 import time
 
 import optuna
+import pandas as pd
 import pytest
 import sqlalchemy as sa
+from optuna.trial import TrialState
 
 from regbench.runner import Plan, SuiteRunner
 from regbench.store import Store
 from regbench.suite import Cell, load_suite, parse_suite
+from regbench.tuning import open_study
 
 TINY_RECIPE = {"epochs": 1, "min_steps": 0, "batch_size": 8, "max_length": 32, "evaluations": 1}
 
@@ -36,7 +39,8 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
     assert runs.key.is_unique and (runs.phase == "tune").sum() == 2
     row = finals.iloc[0]
     assert {"regbench", "torch", "transformers", "git_commit", "device"} <= set(row.provenance)
-    assert row.seconds > 0 and row.peak_memory_mb > 0 and row.recipe["max_length"] == 32
+    # On the CPU there is no per-run memory figure to store.
+    assert row.seconds > 0 and pd.isna(row.peak_memory_mb) and row.recipe["max_length"] == 32
 
     plan = Plan.of(suite)
     study = optuna.load_study(study_name=plan.study_name(Cell("weight_decay", "rte", 16)),
@@ -115,6 +119,80 @@ def test_another_setup_gets_a_study_of_its_own():
     cell = Cell("weight_decay", "rte", 16)
     assert plan.study_name(cell).startswith("tiny/weight_decay/rte/16/")
     assert plan.study_name(cell) != other.study_name(cell)
+
+
+@pytest.mark.parametrize("change", [{"trials": 3}, {"pruner": "hyperband"}, {"sampler_seed": 1}])
+def test_other_tuning_settings_get_a_study_of_their_own(change):
+    cell = Cell("weight_decay", "rte", 16)
+    tuning = {"trials": 2, "pruner": "median", "sampler_seed": 0}
+    name = Plan.of(tiny_suite(tuning=tuning)).study_name(cell)
+    assert Plan.of(tiny_suite()).study_name(cell) == name  # the same settings, spelt out
+    assert Plan.of(tiny_suite(tuning={**tuning, **change})).study_name(cell) != name
+
+
+GOOD = [0.55, 0.60, 0.64, 0.66]
+# weight_decay -> the validation scores of tuning seeds 101 and 102 at their four evaluations.
+CURVES = {
+    0.01: [GOOD, [0.53, 0.58, 0.63, 0.65]],  # the defaults
+    0.02: [[0.56, 0.61, 0.65, 0.67], [0.54, 0.59, 0.64, 0.66]],
+    0.3: [[0.50, 0.51, 0.52, 0.52]] * 2,  # bad on every seed
+    0.2: [[0.57, 0.62, 0.66, 0.68], [0.45, 0.46, 0.47, 0.47]],  # a lucky first seed
+    0.05: [[0.56, 0.62, 0.66, 0.68], [0.55, 0.60, 0.65, 0.67]],  # good on both
+}
+
+
+def _tuning_study(tmp_path, monkeypatch, trials: int):
+    """A real study of weight_decay on two tuning seeds with four evaluations each, whose runs
+    report the scores of CURVES; `tell(weight_decay)` runs one trial and gives it back."""
+    suite = tiny_suite(regularizers=["weight_decay"], tuning_seeds=[101, 102],
+                       tuning={"trials": trials, "pruner": "median"},
+                       recipe={**TINY_RECIPE, "evaluations": 4})
+    runner = SuiteRunner(suite, f"sqlite:///{tmp_path / 'tune.db'}", device="cpu",
+                         progress=False)
+    cell = Cell("weight_decay", "rte", 16)
+
+    def run_one(phase, cell, params, seed, trial=None, on_evaluate=None):
+        curve = CURVES[params["weight_decay"]][seed - 101]
+        for k, score in enumerate(curve, start=1):
+            on_evaluate(k * 4, score)
+        return {"status": "finished", "validation_score": curve[-1], "error": None}
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    study = open_study(runner.studies, runner.plan.study_name(cell), suite.tuning, 4, 2)
+
+    def tell(weight_decay: float) -> optuna.trial.FrozenTrial:
+        study.enqueue_trial({"weight_decay": weight_decay})
+        trial = study.ask()
+        runner._run_trial(cell, study, trial, "claim", {}, runner.plan.space(cell))
+        return study.trials[trial.number]
+
+    return tell
+
+
+def test_the_pruner_compares_running_means_at_the_same_point_of_training(tmp_path, monkeypatch):
+    tell = _tuning_study(tmp_path, monkeypatch, trials=10)
+    defaults = tell(0.01)
+    # Seed 101's scores at steps 1-4, then the mean of both seeds' at steps 5-8.
+    assert defaults.intermediate_values == pytest.approx(
+        {1: 0.55, 2: 0.60, 3: 0.64, 4: 0.66, 5: 0.54, 6: 0.59, 7: 0.635, 8: 0.655})
+    assert tell(0.02).state == TrialState.COMPLETE
+    # Below the median of the two completed trials (0.645) at step 3, the first past warmup.
+    bad = tell(0.3)
+    assert bad.state == TrialState.PRUNED and bad.last_step == 3
+    # Best of all on its first seed, but its running mean falls to 0.51 at step 5, against 0.54
+    # and 0.55: judged by its best value so far, it would have carried seed 101's 0.68.
+    lucky = tell(0.2)
+    assert lucky.state == TrialState.PRUNED and lucky.last_step == 5
+    assert lucky.intermediate_values[5] == pytest.approx(0.51)
+    good = tell(0.05)
+    assert good.state == TrialState.COMPLETE and good.value == pytest.approx(0.675)
+
+
+def test_a_small_budget_is_not_decided_by_one_comparison_with_the_defaults(tmp_path,
+                                                                             monkeypatch):
+    tell = _tuning_study(tmp_path, monkeypatch, trials=2)
+    tell(0.01)
+    assert tell(0.3).state == TrialState.COMPLETE  # below the defaults all along, yet run out
 
 
 def test_plan_counts_runs():
