@@ -8,6 +8,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
+from regbench.errors import RegbenchError
 from regbench.runner import Plan, SuiteRunner
 from regbench.store import Store
 from regbench.suite import Cell, load_suite, parse_suite
@@ -96,7 +97,12 @@ def test_failures_are_stored_and_the_suite_goes_on(glue_dir, tmp_path, installed
     installed(tmp_path)
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
     suite = tiny_suite(regularizers=["raising", "diverging", "vanilla"], final_seeds=[1])
-    tally = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    runner = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False)
+    # The other studies run to their end; then the one that cannot give a result fails the run.
+    with pytest.raises(RegbenchError, match=r"suite tiny: 1 of 3 studies cannot give a result: "
+                       r"raising on rte, N=16: no tuning trial completed\."):
+        runner.run()
+    tally = runner.tally
     runs = Store(storage).frame()
     raising = runs[runs.regularizer == "raising"]
     assert list(raising.phase) == ["tune", "tune"] and (raising.status == "failed").all()
@@ -183,3 +189,47 @@ def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, s
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 2  # the budget, whatever was cut off
     assert len(runs[runs.phase == "tune"]) == 4  # two trials of two seeds, none trained twice
+
+
+SETUP_FAILS = """
+from regbench.errors import RegbenchError
+from regbench.plugin import Regularizer
+
+class Plugin(Regularizer):
+    name = "{name}"
+
+    def setup(self, model, state):
+        raise {error}
+"""
+
+
+def _install(tmp_path, installed, dist_info, name, error):
+    (tmp_path / f"regbench_{name}.py").write_text(SETUP_FAILS.format(name=name, error=error))
+    dist_info(tmp_path, f"regbench-{name}", {name: f"regbench_{name}:Plugin"})
+    installed(tmp_path)
+
+
+def test_a_study_whose_every_run_fails_alike_fails_the_suite(glue_dir, tmp_path, installed,
+                                                             dist_info):
+    _install(tmp_path, installed, dist_info, "hopeless", 'ValueError("needs a GPU of 80 GB")')
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    suite = tiny_suite(regularizers=["hopeless", "vanilla"], tuning={"trials": 0})
+    with pytest.raises(RegbenchError, match=r"1 of 2 studies cannot give a result: hopeless on "
+                       r"rte, N=16: every final run failed with ValueError: needs a GPU of 80 GB"):
+        SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    runs = Store(storage).frame()
+    assert sorted(zip(runs.regularizer, runs.status, strict=True)) == [
+        ("hopeless", "failed"), ("hopeless", "failed"), ("vanilla", "finished"),
+        ("vanilla", "finished")]  # the other study ran to its end
+
+
+def test_a_problem_of_the_setup_stops_the_suite_at_once(glue_dir, tmp_path, installed, dist_info):
+    _install(tmp_path, installed, dist_info, "misplaced",
+             'RegbenchError("set MISPLACED_HOME to its weights")')
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    suite = tiny_suite(regularizers=["vanilla", "misplaced"], tuning={"trials": 0})
+    with pytest.raises(RegbenchError, match=r"^misplaced on rte, N=16, seed 1: set MISPLACED_HOME "
+                                            r"to its weights$"):
+        SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    runs = Store(storage).frame()
+    assert list(runs.regularizer) == ["vanilla", "vanilla"]  # the runs before it are kept
