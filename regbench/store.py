@@ -362,6 +362,9 @@ def _sqlite_engine(path: Path, url: str, create: bool) -> sa.Engine:
         if not path.parent.is_dir():
             raise RegbenchError(f"{where}: the folder {path.parent} does not exist; create it, or "
                                 "name another file.")
+        if not os.access(path.parent, os.W_OK):
+            raise RegbenchError(f"{where}: the folder {path.parent} is read-only; make it "
+                                "writable, or name a file elsewhere.")
         _new_sqlite_store(path, url)
     elif path.stat().st_size == 0:
         raise RegbenchError(f"{where} is an empty file (0 bytes), not a regbench store; it may be "
