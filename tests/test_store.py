@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from regbench.cli import main
 from regbench.errors import RegbenchError
 from regbench.recipe import Recipe
 from regbench.runner import SuiteRunner
-from regbench.store import Store, runs
+from regbench.store import Store, database_call, runs
 from regbench.suite import parse_suite
 from regbench.workers import metadata as worker_tables
 
@@ -170,3 +171,26 @@ def test_a_run_that_cannot_be_stored_is_printed_and_stops_the_suite(glue_dir, tm
         suites = connection.execute(sa.select(runs.c.suite)).scalars().all()
         assert suites == ["earlier"] * stored  # what was stored stays; nothing was half written
         assert not connection.exec_driver_sql("select * from regbench_claims").all()
+
+
+def test_a_server_out_of_reach_is_waited_for_then_named(caplog):
+    """Tried again, backing off, for `patience` seconds; then one error that names the server."""
+
+    class Client:
+        url, patience, attempts = "postgresql://u:secret@127.0.0.1:1/db", 2.0, 0
+
+        @database_call
+        def ask(self):
+            self.attempts += 1
+            with sa.create_engine(self.url).connect():
+                pass
+
+    client = Client()
+    started = time.monotonic()
+    with pytest.raises(RegbenchError, match=r"^Could not use the database at postgresql://u:\*\*\*"
+                                            r"@127\.0\.0\.1:1/db: .*refused"):
+        client.ask()
+    assert 2.0 <= time.monotonic() - started < 4 and 3 <= client.attempts <= 8
+    assert [r.message for r in caplog.records] == [
+        "lost the database at postgresql://u:***@127.0.0.1:1/db (OperationalError); trying "
+        "again for up to 2 s"]
