@@ -203,33 +203,21 @@ class Plugin(Regularizer):
 """
 
 
-def _install(tmp_path, installed, dist_info, name, error):
-    (tmp_path / f"regbench_{name}.py").write_text(SETUP_FAILS.format(name=name, error=error))
-    dist_info(tmp_path, f"regbench-{name}", {name: f"regbench_{name}:Plugin"})
-    installed(tmp_path)
-
-
-def test_a_study_whose_every_run_fails_alike_fails_the_suite(glue_dir, tmp_path, installed,
-                                                             dist_info):
-    _install(tmp_path, installed, dist_info, "hopeless", 'ValueError("needs a GPU of 80 GB")')
+@pytest.mark.parametrize("error, message, stored", [
+    # A bug of every seed: all are tried, the other study runs to its end, then the verdict.
+    ('ValueError("needs a GPU of 80 GB")', r"^suite tiny: 1 of 2 studies cannot give a result: "
+     r"failing on rte, N=16: every final run failed with ValueError: needs a GPU of 80 GB\.",
+     ["vanilla", "vanilla", "failing", "failing"]),
+    # A problem of the setup, which every run would meet: the suite stops at the first.
+    ('RegbenchError("set FAILING_HOME to its weights")',
+     r"^failing on rte, N=16, seed 1: set FAILING_HOME to its weights$", ["vanilla", "vanilla"]),
+])
+def test_a_study_that_cannot_give_a_result_fails_the_suite(error, message, stored, glue_dir,
+                                                           tmp_path, install_plugin):
+    install_plugin("regbench-failing", "failing", SETUP_FAILS.format(name="failing", error=error))
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
-    suite = tiny_suite(regularizers=["hopeless", "vanilla"], tuning={"trials": 0})
-    with pytest.raises(RegbenchError, match=r"1 of 2 studies cannot give a result: hopeless on "
-                       r"rte, N=16: every final run failed with ValueError: needs a GPU of 80 GB"):
+    suite = tiny_suite(regularizers=["vanilla", "failing"], tuning={"trials": 0})
+    with pytest.raises(RegbenchError, match=message):
         SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
     runs = Store(storage).frame()
-    assert sorted(zip(runs.regularizer, runs.status, strict=True)) == [
-        ("hopeless", "failed"), ("hopeless", "failed"), ("vanilla", "finished"),
-        ("vanilla", "finished")]  # the other study ran to its end
-
-
-def test_a_problem_of_the_setup_stops_the_suite_at_once(glue_dir, tmp_path, installed, dist_info):
-    _install(tmp_path, installed, dist_info, "misplaced",
-             'RegbenchError("set MISPLACED_HOME to its weights")')
-    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
-    suite = tiny_suite(regularizers=["vanilla", "misplaced"], tuning={"trials": 0})
-    with pytest.raises(RegbenchError, match=r"^misplaced on rte, N=16, seed 1: set MISPLACED_HOME "
-                                            r"to its weights$"):
-        SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
-    runs = Store(storage).frame()
-    assert list(runs.regularizer) == ["vanilla", "vanilla"]  # the runs before it are kept
+    assert list(runs.regularizer) == stored  # what was trained before stays stored
