@@ -15,9 +15,9 @@ import platform
 import random
 import sqlite3
 import subprocess
-import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
@@ -388,13 +388,7 @@ def _new_sqlite_store(path: Path, url: str) -> None:
     """Make an empty store at `path` in one step: built beside it, then linked into place, which
     fails if another worker got there first. A store is never seen half made, so an empty file is
     never a store in the making."""
-    try:
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    except OSError as err:
-        raise RegbenchError(f"Storage {_where(url)}: cannot create a file in {path.parent} "
-                            f"({err.strerror}).") from None
-    os.close(handle)
-    staging = Path(name)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")
     engine = sa.create_engine(f"sqlite:///{staging}")
     try:
         metadata.create_all(engine)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import torch
 
 from regbench import plugins
@@ -71,6 +72,24 @@ def minilm():
 def rte_batch(rte_data):
     """Eight real RTE examples, padded as the harness pads them."""
     return rte_data.train.collate(list(range(8)), pad_id=0)
+
+
+@pytest.fixture
+def watcher():
+    """`watcher(url)`: an engine that reads the database workers write, and never creates it. A
+    SQLite file that a watcher made, empty, before the workers made their store would be refused
+    as not a store."""
+    engines = []
+
+    def watch(url: str) -> sa.Engine:
+        if url.startswith("sqlite:///"):
+            url = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+        engines.append(sa.create_engine(url))
+        return engines[-1]
+
+    yield watch
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture(autouse=True)

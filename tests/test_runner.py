@@ -144,36 +144,35 @@ def _write_suite(tmp_path, seeds):
     return path
 
 
-def _stored(db, phase) -> int:
-    engine = sa.create_engine(f"sqlite:///{db}")
+def _stored(engine, phase) -> int:
     try:
         with engine.connect() as connection:
             return connection.execute(sa.text(
                 f"select count(*) from regbench_runs where phase = '{phase}' "
                 "and status = 'finished'")).scalar()
-    except sa.exc.OperationalError:  # the table is not there yet
+    except sa.exc.OperationalError:  # the store or its table is not there yet
         return 0
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("sig, phase", [(signal.SIGKILL, "tune"), (signal.SIGKILL, "final"),
                                         (signal.SIGINT, "final")])
-def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, sig, phase):
+def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, watcher, sig,
+                                                           phase):
     """Kill a real suite once its first run of `phase` is stored (during the second tuning run,
     or during the final runs), run the same command again, and count."""
     suite, db = _write_suite(tmp_path, [1, 2, 3]), tmp_path / "killme.db"
+    watched = watcher(f"sqlite:///{db}")
     command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite),
                "--storage", f"sqlite:///{db}", "--data-dir", str(glue_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 240
-    while _stored(db, phase) < 1 and process.poll() is None and time.monotonic() < deadline:
+    while _stored(watched, phase) < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
-    tuned, finals = _stored(db, "tune"), _stored(db, "final")
+    tuned, finals = _stored(watched, "tune"), _stored(watched, "final")
     assert tuned + finals < 4 + 3, "the kill should land in the middle of the suite"
     if sig == signal.SIGINT:
         assert process.returncode == 130 and "run the same command to resume" in err
