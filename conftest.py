@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,35 @@ def glue_dir() -> Path:
     return path
 
 
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL server on the loopback interface, which a test may stop and start."""
+
+    bindir: Path
+    data: Path
+    port: int
+    as_postgres: list[str]
+
+    @property
+    def url(self) -> str:
+        """Its URL, without a database name."""
+        return f"postgresql://regbench@127.0.0.1:{self.port}"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.as_postgres, self.bindir / "pg_ctl", "-D", self.data / "db", *args],
+                       check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._ctl("-l", str(self.data / "log"), "-w", "-o",
+                  f"-h 127.0.0.1 -p {self.port} -k {self.data}", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "-w", "stop")
+
+
 @pytest.fixture(scope="session")
-def postgres_server():
-    """A throwaway PostgreSQL server on the loopback interface, from Debian's postgresql package
-    (which .ci/run installs); its URL, without a database name."""
+def postgres():
+    """A PostgreSQL server from Debian's postgresql package (which .ci/run installs)."""
     bindirs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not bindirs:
         message = "PostgreSQL is not installed (Debian: apt-get install postgresql)"
@@ -45,13 +71,18 @@ def postgres_server():
         port = probe.getsockname()[1]
     subprocess.run([*as_postgres, bindir / "initdb", "-D", data / "db", "-U", "regbench",
                     "--auth=trust"], check=True, capture_output=True)
-    subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w",
-                    "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start"],
-                   check=True, capture_output=True)
-    yield f"postgresql://regbench@127.0.0.1:{port}"
+    server = PostgresServer(bindir, data, port, as_postgres)
+    server.start()
+    yield server
     subprocess.run([*as_postgres, bindir / "pg_ctl", "-D", data / "db", "-m", "immediate",
                     "stop"], capture_output=True)
     shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres) -> str:
+    """The test server's URL, without a database name."""
+    return postgres.url
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import traceback
+from pathlib import Path
 
 import yaml
 from tabulate import tabulate
@@ -25,6 +28,36 @@ def parse_params(pairs: list[str]) -> dict:
             raise RegbenchError(f"--param {pair!r} is not of the form name=value.")
         params[key.strip()] = yaml.safe_load(value)
     return params
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its mistakes reported as regbench's: one line, exit code 2."""
+
+    def error(self, message: str):
+        raise RegbenchError(f"{self.prog}: {message} (see {self.prog} --help).")
+
+
+def _numbers_as_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-4` as `--lr=-1e-4`: argparse takes a word that starts with '-' for an option
+    unless it is a plain negative integer or decimal, so a value in any other notation would be
+    refused before regbench could say what is wrong with it."""
+    joined: list[str] = []
+    for word in argv:
+        previous = joined[-1] if joined else ""
+        if (word.startswith("-") and previous.startswith("--") and "=" not in previous
+                and all(_number(part) for part in word.split(","))):
+            joined[-1] = f"{previous}={word}"
+        else:
+            joined.append(word)
+    return joined
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _names(text: str) -> list[str]:
@@ -57,9 +90,10 @@ def cmd_tasks(args) -> None:
 def cmd_train(args) -> None:
     from regbench.features import task_data
     from regbench.harness import fine_tune, pick_device
-    from regbench.modeling import model_depth
+    from regbench.modeling import check_max_length, model_depth
     from regbench.plugins import build
     from regbench.recipe import Recipe
+    from regbench.suite import SEED, SIZE
     from regbench.tasks import get_task
 
     task = get_task(args.task)
@@ -67,6 +101,10 @@ def cmd_train(args) -> None:
     recipe = Recipe.from_dict({k: v for k, v in {
         "epochs": args.epochs, "min_steps": args.min_steps, "batch_size": args.batch_size,
         "learning_rate": args.lr, "max_length": args.max_length}.items() if v is not None})
+    check_max_length(args.model, recipe.max_length)
+    SIZE.validate(args.n_train, "--n-train")
+    SEED.validate(args.seed, "--seed")
+    SEED.validate(args.data_seed, "--data-seed")
     device = pick_device(args.device)
     data = task_data(task, args.n_train, args.data_seed, args.model, recipe.max_length,
                      args.data_dir)
@@ -100,13 +138,16 @@ def _suite_from_args(args):
 
 
 def cmd_run(args) -> None:
+    from regbench.params import Param
     from regbench.runner import Plan, SuiteRunner, estimate_seconds
     from regbench.store import storage_url
 
     suite = _suite_from_args(args)
     storage = storage_url(suite.name, args.storage)
+    Param(300.0, gt=0).validate(args.heartbeat_timeout, "--heartbeat-timeout")
     if args.dry_run:
         plan = Plan.of(suite)
+        plan.prepare_data(args.data_dir)
         log.info("timing two short runs per task on this machine for the estimate")
         seconds = estimate_seconds(plan, args.device, args.data_dir)
         rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
@@ -119,6 +160,8 @@ def cmd_run(args) -> None:
         print(f"\n{len(plan.cells)} studies, {plan.total_runs()} runs, about {total:.0f} minutes "
               f"without pruning or cached runs; results in {storage}")
         return
+    if args.storage is None:
+        Path("runs").mkdir(exist_ok=True)  # the default store's folder
     tally = SuiteRunner(suite, storage, args.device, args.data_dir, force=args.force,
                         heartbeat_timeout=args.heartbeat_timeout).run()
     print(f"suite {suite.name}: {tally.executed} runs trained, {tally.pruned} pruned partway, "
@@ -130,21 +173,46 @@ def cmd_results(args) -> None:
     from regbench.store import Store, storage_url
     from regbench.suite import load_suite
 
-    storage = storage_url(load_suite(args.suite).name, args.storage)
-    frame = Store(storage).frame()
+    suite = load_suite(args.suite)
+    storage = storage_url(suite.name, args.storage)
+    frame = Store(storage, create=False).frame(suite.name)
+    missing = _missing_final_runs(suite, frame)
     if args.phase != "all":
         frame = frame[frame.phase == args.phase]
+    if missing:
+        partial = (f"PARTIAL: suite {suite.name} is not finished: {missing} of "
+                   f"{len(suite.cells()) * len(suite.final_seeds)} final runs have no result yet "
+                   "(regbench run resumes it).")
+        if args.csv:
+            log.warning(partial)
+        else:
+            print(partial + "\n")
     if args.csv:
         frame.to_csv(args.csv, index=False)
         print(f"{len(frame)} runs written to {args.csv}")
         return
     if frame.empty:
-        print(f"no {args.phase if args.phase != 'all' else ''} runs in {storage}")
+        print(f"no {args.phase if args.phase != 'all' else ''} runs of suite {suite.name} in "
+              f"{storage}")
         return
     columns = ["phase", "regularizer", "task", "n_train", "seed", "status", "validation_score",
                "test_score", "seconds", "params"]
     frame = frame.sort_values(["task", "n_train", "regularizer", "phase", "seed"])
     print(tabulate(frame[columns].values.tolist(), headers=columns, floatfmt=".4f"))
+
+
+def _missing_final_runs(suite, frame) -> int:
+    """How many of the suite's final runs, as it is set up now, have no settled result."""
+    from regbench.store import SETTLED
+
+    if frame.empty:
+        return len(suite.cells()) * len(suite.final_seeds)
+    finals = frame[(frame.phase == "final") & frame.status.isin(SETTLED)
+                   & (frame.model == suite.model) & (frame.data_seed == suite.data_seed)
+                   & frame.recipe.map(lambda recipe: recipe == suite.recipe.as_dict())]
+    done = set(zip(finals.regularizer, finals.task, finals.n_train, finals.seed, strict=True))
+    return sum((c.regularizer, c.task, c.size, seed) not in done
+               for c in suite.cells() for seed in suite.final_seeds)
 
 
 def cmd_leaderboard(args) -> None:
@@ -153,7 +221,7 @@ def cmd_leaderboard(args) -> None:
     from regbench.suite import load_suite
 
     suite = load_suite(args.suite)
-    frame = Store(storage_url(suite.name, args.storage)).frame(suite.name)
+    frame = Store(storage_url(suite.name, args.storage), create=False).frame(suite.name)
     path = publish_suite(suite, frame, args.out, args.data_dir, force=args.force)
     print(f"leaderboard of {len(frame)} stored runs written to {path}")
 
@@ -185,9 +253,33 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _culprit(err: BaseException) -> str:
+    """Whose bug `err` is: the regularizer whose hook it came through, if any, else regbench's."""
+    from regbench.plugin import Regularizer
+
+    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
+    for frame in reversed(frames):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Regularizer):
+            return f"regularizer {owner.name!r} (module {type(owner).__module__}), or in regbench"
+    return "regbench"
+
+
+def _add_output_options(parser: argparse.ArgumentParser, default) -> None:
+    # On every subcommand too, so that they may come anywhere on the line; SUPPRESS keeps a
+    # subcommand's unset flag from overwriting the one given before it.
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the traceback of any error (also REGBENCH_DEBUG=1)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="regbench", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    """The command line. Exit codes: 0 done; 2 a mistake in the input or the environment (or
+    studies that cannot give a result), said in one line; 1 a bug, said in one line but for
+    --debug; 130 interrupted."""
+    parser = _Parser(prog="regbench", description=__doc__)
+    _add_output_options(parser, False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     tasks = commands.add_parser("tasks", help="list the GLUE tasks and where their data comes from")
@@ -231,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--device", default="auto")
     run.add_argument("--storage", help="SQLAlchemy URL (default sqlite:///runs/<suite>.db)")
     run.add_argument("--force", action="store_true", help="rerun runs that are already stored")
-    run.add_argument("--heartbeat-timeout", type=float, default=300.0, metavar="SECONDS",
-                     help="take over the work of another worker not heard from in this long "
+    run.add_argument("--heartbeat-timeout", type=float, default=300.0,
+                     metavar="SECONDS", help="take over the work of another worker not heard "
+                     "from in this long, and wait this long for a database out of reach "
                      "(default 300)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and a time estimate")
     _add_data_options(run)
@@ -254,27 +347,42 @@ def main(argv: list[str] | None = None) -> int:
     _add_data_options(board)
     board.set_defaults(run=cmd_leaderboard)
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    if not args.verbose:
-        import transformers
+    for command in commands.choices.values():
+        _add_output_options(command, argparse.SUPPRESS)
 
-        # Their load reports and progress bars repeat on every run; regbench logs its own.
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
+    debug = os.environ.get("REGBENCH_DEBUG", "") not in ("", "0")
     # A scheduler's SIGTERM ends a worker as Ctrl-C does: its open claims are given back at once.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        args = parser.parse_args(_numbers_as_values(sys.argv[1:] if argv is None else argv))
+        debug |= args.debug
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S", stream=sys.stderr)
+        if not args.verbose:
+            import transformers
+
+            # Their load reports and progress bars repeat on every run; regbench logs its own.
+            transformers.logging.set_verbosity_error()
+            transformers.logging.disable_progress_bar()
         args.run(args)
     except RegbenchError as err:
-        print(f"regbench: error: {err}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"regbench: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("regbench: interrupted; finished runs are stored: run the same command to resume.",
               file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug:
+            raise
+        said = " ".join(str(err).split())
+        print(f"regbench: internal error, a bug in {_culprit(err)}: {type(err).__name__}"
+              f"{': ' + said if said else ''}. Run again with --debug (or REGBENCH_DEBUG=1) to "
+              "see the traceback, and report it.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,11 +11,13 @@ import hashlib
 import io
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import datasets
 
 from regbench.errors import RegbenchError
+from regbench.splits import strata
 from regbench.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,7 @@ def load_raw(task: Task, data_dir: str | os.PathLike | None = None) -> datasets.
     root = glue_dir(data_dir)
     if root is None:
         return _from_hub(task)
-    folder = root / task.local.folder
-    files = {"train": folder / "train.tsv", "dev": folder / task.local.dev_file}
+    files = _files(task, root)
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise RegbenchError(
@@ -49,6 +50,11 @@ def load_raw(task: Task, data_dir: str | os.PathLike | None = None) -> datasets.
             "as laid out by the standard GLUE download, or set neither to load it from the hub."
         )
     return datasets.DatasetDict({split: _read_tsv(task, path) for split, path in files.items()})
+
+
+def _files(task: Task, root: Path) -> dict[str, Path]:
+    folder = root / task.local.folder
+    return {"train": folder / "train.tsv", "dev": folder / task.local.dev_file}
 
 
 def _from_hub(task: Task) -> datasets.DatasetDict:
@@ -66,12 +72,51 @@ def _from_hub(task: Task) -> datasets.DatasetDict:
     )
 
 
+def check_examples(task: Task, raw: datasets.DatasetDict,
+                   data_dir: str | os.PathLike | None = None) -> None:
+    """An error, naming the file, unless each split of `raw` (from `load_raw(task, data_dir)`) has
+    what the protocol asks of it: the training split every label of the task; the dev split two
+    examples of each label (or score stratum) it holds, and enough in all for two stratified
+    halves."""
+    root = glue_dir(data_dir)
+    for split in ("train", "dev"):
+        source = str(_files(task, root)[split]) if root else f"{HUB_DATASET}/{task.name} {split}"
+        _check_split(task, split, raw[split]["label"], source)
+
+
+def _check_split(task: Task, split: str, labels: list, source: str) -> None:
+    counts = Counter(labels if split == "train" else strata(task, labels).tolist())
+    if split == "train":
+        missing = [name for i, name in enumerate(task.label_names) if not counts[i]]
+        if labels and not missing:
+            return
+        problem = f"no example of label {', '.join(map(repr, missing))}" if labels else "no example"
+    else:
+        if counts and min(counts.values()) >= 2 and len(labels) >= 2 * len(counts):
+            return
+        problem = (f"{len(labels)} examples, too few to split into two halves stratified by "
+                   f"{'score' if task.is_regression else 'label'}: it needs at least two of each "
+                   f"and {2 * max(1, len(counts))} in all")
+    raise RegbenchError(f"{source} has {problem}. Download the task again, or point --data-dir "
+                        f"(or {GLUE_DIR_ENV}) at a complete copy.")
+
+
 def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
     layout = task.local
-    # GLUE's files are not CSV: quotes are literal text, so quoting must be off.
-    content = path.read_bytes()
-    rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline=""),
-                           delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        content = path.read_bytes()
+        text = content.decode("utf-8-sig")
+        # GLUE's files are not CSV: quotes are literal text, so quoting must be off.
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t",
+                               quoting=csv.QUOTE_NONE))
+    except OSError as err:
+        raise RegbenchError(f"{path} cannot be read: {err.strerror}.") from None
+    except UnicodeDecodeError as err:
+        raise RegbenchError(f"{path} is not UTF-8 text (byte {err.start}); download that task "
+                            "again.") from None
+    except csv.Error as err:
+        raise RegbenchError(f"{path} is not a tab-separated GLUE file ({err}); download that "
+                            "task again.") from None
     if not rows:
         raise RegbenchError(f"{path} is empty; download that task again.")
     width, first = len(rows[0]), int(layout.header)

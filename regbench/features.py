@@ -18,7 +18,8 @@ import datasets
 import numpy as np
 import torch
 
-from regbench.data import describe_source, glue_dir, load_raw
+from regbench.data import check_examples, describe_source, glue_dir, load_raw
+from regbench.errors import RegbenchError
 from regbench.modeling import load_tokenizer
 from regbench.splits import split_dev, subsample
 from regbench.tasks import Task
@@ -57,6 +58,7 @@ def load_features(task: Task, tokenizer, max_length: int,
                   data_dir: str | os.PathLike | None = None) -> datasets.DatasetDict:
     """`train` and `dev` as token ids and labels, tokenised once per (data, tokenizer, length)."""
     raw = load_raw(task, data_dir)
+    check_examples(task, raw, data_dir)
     key = hashlib.sha256(json.dumps(
         [FEATURES_VERSION, task.name, _raw_fingerprint(raw), _tokenizer_fingerprint(tokenizer),
          max_length]).encode()).hexdigest()[:20]
@@ -77,10 +79,18 @@ def load_features(task: Task, tokenizer, max_length: int,
     features = raw.map(tokenize, batched=True, remove_columns=list(task.text_columns),
                        desc=f"tokenising {task.name}")
     # Written beside its final place, then renamed: a killed process never leaves half a cache.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".staging-"))
-    with _quiet_datasets():
-        features.save_to_disk(str(staging))
+    staging = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".staging-"))
+        with _quiet_datasets():
+            features.save_to_disk(str(staging))
+    except OSError as err:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        reason = err.strerror or err
+        raise RegbenchError(f"Cannot write the feature cache in {path.parent} ({reason}). Point "
+                            f"{CACHE_ENV} at a writable folder with free space.") from None
     try:
         staging.rename(path)
     except OSError:  # another process cached the same features first

@@ -39,10 +39,21 @@ class RunResult:
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RegbenchError(f"Device {name!r} asked for, but no CUDA GPU is visible; "
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(),
+              "mps": torch.backends.mps.is_available()}
+    if device is None or device.type not in usable:
+        raise RegbenchError(f"Unknown device {name!r}; use auto, cpu, cuda or cuda:N.")
+    if not usable[device.type]:
+        raise RegbenchError(f"Device {name!r} asked for, but this machine has none; "
                             "use --device cpu or auto.")
-    return torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RegbenchError(f"Device {name!r} asked for, but only {torch.cuda.device_count()} "
+                            "CUDA GPUs are visible (numbered from 0).")
+    return device
 
 
 def mixed_precision(precision: str, device: torch.device) -> bool:

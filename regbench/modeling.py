@@ -43,9 +43,27 @@ def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 @lru_cache(maxsize=4)
+def model_config(model: str):
+    """The model's configuration: its shape, read without its weights."""
+    try:
+        return AutoConfig.from_pretrained(resolve_model(model))
+    except (OSError, ValueError) as err:  # not found, offline, not a model folder
+        raise RegbenchError(f"Could not load model {model!r}: {err} Name a Hugging Face model "
+                            f"id, a local model folder, or {EMBEDDED_MODEL!r} (embedded, "
+                            "offline).") from None
+
+
 def model_depth(model: str) -> int:
     """The number of transformer layers, for search spaces over layers."""
-    return AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
+    return model_config(model).num_hidden_layers
+
+
+def check_max_length(model: str, max_length: int) -> None:
+    """An error unless the model has a position for each of `max_length` tokens."""
+    positions = getattr(model_config(model), "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise RegbenchError(f"Recipe max_length = {max_length} is more than model {model!r} "
+                            f"takes ({positions} positions); set max_length ≤ {positions}.")
 
 
 @lru_cache(maxsize=4)

@@ -4,8 +4,10 @@ before anything runs (a regularizer's hyperparameters and options, the training 
 from __future__ import annotations
 
 import math
+import reprlib
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from optuna.distributions import (
@@ -15,6 +17,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from regbench.errors import RegbenchError
+
+_LARGEST_FLOAT = sys.float_info.max
 Bound = float | Callable[[int], float] | None  # a number, or a function of the encoder's depth
 
 
@@ -59,7 +64,8 @@ class Param:
             text = "one of " + ", ".join(map(repr, self.choices))
         elif kind in (int, float):
             symbols = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
-            limits = [f"{symbols[op]} {value:g}" for op, value in self.bounds(layers).items()]
+            limits = [f"{symbols[op]} {value:g}" if isinstance(value, float) else
+                      f"{symbols[op]} {value}" for op, value in self.bounds(layers).items()]
             text = f"{'an integer' if kind is int else 'a number'}" + (
                 f" {' and '.join(limits)}" if limits else "")
         else:
@@ -76,8 +82,14 @@ class Param:
         if isinstance(value, bool) and kind is not bool:
             raise ValueError(self.allowed(layers))
         if kind is float and isinstance(value, int):
+            if abs(value) > _LARGEST_FLOAT:
+                raise ValueError(self.allowed(layers))
             value = float(value)
         if not isinstance(value, kind):
+            if kind is float and isinstance(value, str) and _numeric(value):
+                # YAML 1.1, PyYAML's, reads 2e-5 as a string: only 2.0e-5 is a number.
+                raise ValueError(f"{self.allowed(layers)} (YAML reads {value} as text: write "
+                                 "it with a dot and a signed exponent, as 2.0e-5)")
             raise ValueError(self.allowed(layers))
         if kind is float and not math.isfinite(value):
             raise ValueError(self.allowed(layers))
@@ -89,6 +101,14 @@ class Param:
             raise ValueError(self.allowed(layers))
         return value
 
+    def validate(self, value: Any, what: str, layers: int | None = None) -> Any:
+        """`check`, with a `RegbenchError` that names `what` and the value."""
+        try:
+            return self.check(value, layers)
+        except ValueError as err:
+            raise RegbenchError(f"{what} = {reprlib.repr(value)} is not allowed; it must be "
+                                f"{err}.") from None
+
     @classmethod
     def inferred(cls, default: Any, searched: BaseDistribution | None) -> Param:
         """The declaration of a plugin that gave only a default (and maybe a search range): its
@@ -98,3 +118,34 @@ class Param:
         if isinstance(searched, (FloatDistribution, IntDistribution)):
             return cls(default, ge=searched.low, le=searched.high)
         return cls(default, nullable=default is None, kind=object if default is None else None)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def declared(default: Any, **allowed: Any) -> Any:
+    """A dataclass field whose values `check_fields` checks against `allowed` (`Param`'s
+    arguments)."""
+    return field(default=default, metadata=allowed)
+
+
+def check_fields(instance: Any, what: str) -> None:
+    """Check every field of a dataclass made of `declared` fields, converting as `Param.check`
+    does (an int given for a float becomes a float)."""
+    for spec in fields(instance):
+        object.__setattr__(instance, spec.name, Param(spec.default, **spec.metadata).validate(
+            getattr(instance, spec.name), f"{what} {spec.name}"))
+
+
+def from_mapping(kind: type, values: dict, what: str) -> Any:
+    """The dataclass `kind` made of `values`, an unknown key an error naming the known ones."""
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(map(str, set(values) - known))
+    if unknown:
+        raise RegbenchError(f"Unknown {what} key(s) {', '.join(unknown)}; the {what} has: "
+                            f"{', '.join(sorted(known))}.")
+    return kind(**values)

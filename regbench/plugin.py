@@ -126,11 +126,7 @@ class Regularizer:
                                 f"{', '.join(unknown)}; its parameters are: {allowed}.")
         values = {**cls.defaults, **params}
         for key, param in declared.items():
-            try:
-                values[key] = param.check(values[key], layers)
-            except ValueError as err:
-                raise RegbenchError(f"Regularizer {cls.name!r}: {key} = {values[key]!r} is not "
-                                    f"allowed; it must be {err}.") from None
+            values[key] = param.validate(values[key], f"Regularizer {cls.name!r}: {key}", layers)
         return values
 
     def __init__(self, **params: Any) -> None:

@@ -4,19 +4,13 @@ suites and boards can read it without loading torch."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass
 
 from regbench.errors import RegbenchError
-from regbench.params import Param
+from regbench.params import check_fields, declared, from_mapping
 
 PRECISIONS = ("auto", "bf16", "fp32")
 POOLINGS = ("cls", "mean")
-
-
-def _value(default: Any, **allowed: Any) -> Any:
-    """A recipe field whose values are checked against `allowed` (regbench.params.Param)."""
-    return field(default=default, metadata=allowed)
 
 
 @dataclass(frozen=True)
@@ -24,47 +18,35 @@ class Recipe:
     """The training recipe shared by every regularizer (protocol.md). A suite may change it; a
     regularizer may not. Every value is checked when a recipe is made."""
 
-    learning_rate: float = _value(2e-5, gt=0)
-    batch_size: int = _value(16, ge=1)
-    epochs: int = _value(3, ge=0)
+    learning_rate: float = declared(2e-5, gt=0)
+    batch_size: int = declared(16, ge=1)
+    epochs: int = declared(3, ge=0)
     # Few-sample runs fail when they take too few steps (Mosbach et al. 2021), so small training
     # sets get more epochs until this many optimiser steps are reached.
-    min_steps: int = _value(300, ge=0)
-    warmup_ratio: float = _value(0.1, ge=0, lt=1)
-    max_grad_norm: float = _value(1.0, gt=0)
+    min_steps: int = declared(300, ge=0)
+    warmup_ratio: float = declared(0.1, ge=0, lt=1)
+    max_grad_norm: float = declared(1.0, gt=0)
     # A pair needs three special tokens and a word of each sentence.
-    max_length: int = _value(128, ge=8)
-    group_by_length: bool = _value(True)
-    evaluations: int = _value(4, ge=1)  # validation passes over training; the pruner sees each
-    eval_batch_size: int = _value(64, ge=1)
+    max_length: int = declared(128, ge=8)
+    group_by_length: bool = declared(True)
+    evaluations: int = declared(4, ge=1)  # validation passes over training; the pruner sees each
+    eval_batch_size: int = declared(64, ge=1)
     # bf16 autocast, as the Trainer's `bf16` flag. "auto" takes it wherever the device computes
     # bf16 natively (recent GPUs, CPUs with AVX512-BF16 or AMX), where it halves a run's time.
-    precision: str = _value("auto", choices=PRECISIONS)
+    precision: str = declared("auto", choices=PRECISIONS)
     # What the task head reads: BERT's pooler on [CLS], or the mean of the real tokens, as
     # sentence-embedding models (the embedded MiniLM) were trained to be read.
-    pooling: str = _value("cls", choices=POOLINGS)
+    pooling: str = declared("cls", choices=POOLINGS)
 
     def __post_init__(self):
-        for spec in fields(self):
-            value = getattr(self, spec.name)
-            try:
-                object.__setattr__(self, spec.name,
-                                   Param(spec.default, **spec.metadata).check(value))
-            except ValueError as err:
-                raise RegbenchError(f"Recipe {spec.name} = {value!r} is not allowed; it must be "
-                                    f"{err}.") from None
+        check_fields(self, "Recipe")
         if not self.epochs and not self.min_steps:
             raise RegbenchError("Recipe epochs and min_steps are both 0: a run would take no "
                                 "step. Set either to at least 1.")
 
     @classmethod
     def from_dict(cls, values: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise RegbenchError(f"Unknown recipe key(s) {', '.join(sorted(unknown))}; "
-                                f"the recipe has: {', '.join(sorted(known))}.")
-        return cls(**values)
+        return from_mapping(cls, values, "recipe")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -4,6 +4,7 @@ runners that share the storage share the work."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
@@ -14,12 +15,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
 
+from regbench.errors import RegbenchError
 from regbench.features import task_data
 from regbench.harness import fine_tune, mixed_precision, pick_device
-from regbench.modeling import model_depth
+from regbench.modeling import check_max_length, model_depth
 from regbench.plugins import build, distribution_of, get_regularizer
 from regbench.recipe import Recipe
 from regbench.store import (
@@ -28,6 +31,7 @@ from regbench.store import (
     PRUNED,
     SETTLED,
     Store,
+    check_url,
     provenance,
     run_key,
     study_storage,
@@ -56,10 +60,20 @@ class Plan:
 
     @classmethod
     def of(cls, suite: Suite) -> Plan:
+        """The plan, once the suite is checked against its model (read from its configuration
+        alone): every regularizer's options, and the recipe's max length."""
         depth = model_depth(suite.model)
-        for name, options in suite.regularizers.items():  # before any model loads
+        for name, options in suite.regularizers.items():
             get_regularizer(name).check_params(options, depth)
+        check_max_length(suite.model, suite.recipe.max_length)
         return cls(suite, suite.cells(), depth)
+
+    def prepare_data(self, data_dir: str | None = None) -> None:
+        """Read, check and tokenise the data of every (task, size) now, so that a missing or
+        damaged file, or a cache that cannot be written, stops the suite before any run."""
+        for cell in self.cells:
+            task_data(get_task(cell.task), cell.size, self.suite.data_seed, self.suite.model,
+                      self.suite.recipe.max_length, data_dir)
 
     def space(self, cell: Cell) -> dict[str, Any]:
         """What the tuner searches: the plugin's space less the options the suite fixes; nothing
@@ -121,10 +135,15 @@ class SuiteRunner:
                  data_dir: str | None = None, force: bool = False, progress: bool = True,
                  heartbeat_timeout: float = 300.0):
         self.suite, self.storage, self.data_dir, self.force = suite, storage, data_dir, force
-        self.device = pick_device(device)
-        self.store = Store(storage)
-        self.studies = study_storage(storage)
+        # Every input is checked before anything is written: the storage's URL, the model's
+        # options, the device, the data, then the storage itself, whose database calls wait out a
+        # server's restart as long as other workers wait for this one.
+        check_url(storage)
         self.plan = Plan.of(suite)
+        self.device = pick_device(device)
+        self.plan.prepare_data(data_dir)
+        self.store = Store(storage, patience=heartbeat_timeout)
+        self.studies = study_storage(storage, patience=heartbeat_timeout)
         self.tally = Tally()
         self.progress = progress
         self.heartbeat_timeout = heartbeat_timeout
@@ -185,6 +204,11 @@ class SuiteRunner:
             self.store.put({**row, "status": PRUNED, "seconds": time.perf_counter() - started})
             self.tally.pruned += 1
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise  # a trial another worker took over: not this worker's to record
+        except RegbenchError as err:  # a problem of the setup, which every run would meet
+            raise RegbenchError(f"{cell.regularizer} on {cell.task}, N={cell.size}, seed {seed}: "
+                                f"{err}") from err
         except Exception as err:  # a plugin or model bug must not end the suite
             log.error("%s %s seed %d failed: %s", cell.regularizer, cell.task, seed, err)
             row.update(status=FAILED, error=traceback.format_exc(),
@@ -199,7 +223,14 @@ class SuiteRunner:
                        noise_stability=result.noise_stability)
             self.tally.failed += result.status != FINISHED
         row["peak_memory_mb"] = self._peak_memory_mb()
-        self.store.put(row, replace=self.force)
+        try:
+            self.store.put(row, replace=self.force)
+        except RegbenchError as err:  # nothing is lost: the result goes into the message
+            kept = {k: row.get(k) for k in ("phase", "regularizer", "params", "task", "n_train",
+                                            "data_seed", "seed", "status", "validation", "test",
+                                            "steps", "seconds")}
+            raise RegbenchError(f"{err} The run just trained was not stored, and the suite stops "
+                                f"here; its result: {json.dumps(kept, default=str)}") from err
         self.tally.executed += 1
         self.tally.seconds.append(row["seconds"])
         self._advance(cell)
@@ -276,18 +307,37 @@ class SuiteRunner:
             return statistics.fmean(scores)
 
         try:
-            value = objective()
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-        except RunFailed:
-            trial.set_user_attr(RUN_FAILED, True)
-            study.tell(trial, state=TrialState.FAIL)
-        except BaseException:  # interrupted: whoever claims the slot next runs these params
+            try:
+                outcome = {"values": objective()}
+            except optuna.TrialPruned:
+                outcome = {"state": TrialState.PRUNED}
+            except RunFailed:
+                outcome = {"state": TrialState.FAIL}
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise
+            except BaseException:  # interrupted: whoever claims the slot next runs these params
+                self._give_back(study, trial, claim)
+                raise
+            if not self.worker.holds(claim):
+                raise optuna.exceptions.UpdateFinishedTrialError(claim)
+            if outcome.get("state") is TrialState.FAIL:
+                trial.set_user_attr(RUN_FAILED, True)
+            study.tell(trial, **outcome, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning("trial %d of %s was taken over by another worker while this one was "
+                        "silent past --heartbeat-timeout; this worker drops it", trial.number,
+                        study.study_name)
+
+    def _give_back(self, study: optuna.Study, trial: optuna.Trial, claim: str) -> None:
+        """Close an interrupted trial and queue its parameters again. A database error here must
+        not hide why the trial stopped: the next worker to claim the slot cleans up instead."""
+        try:
             retry(study, study.tell(trial, state=TrialState.FAIL))
             self.worker.release(claim)
-            raise
-        else:
-            study.tell(trial, value)
+        except (RegbenchError, sa.exc.SQLAlchemyError,
+                optuna.exceptions.OptunaError) as err:
+            log.warning("trial %d of %s not given back (%s); the next worker to claim it will",
+                        trial.number, study.study_name, err)
 
     # -- the suite ---------------------------------------------------------------------------
     def _final_runs(self, cell: Cell, params: dict[str, Any]) -> bool:
@@ -305,11 +355,12 @@ class SuiteRunner:
             if needs_claim and self.worker.claim(key) is not Claim.OURS:
                 complete = False
                 continue
-            try:
-                self.run_one("final", cell, params, seed)  # a stored run comes back as cached
-            finally:
-                if needs_claim:
-                    self.worker.release(key)
+            # A stored run comes back as cached. An exception leaves the claim to `Worker.close`.
+            self.run_one("final", cell, params, seed)
+            if needs_claim and not self.worker.release(key):
+                log.warning("final run %s seed %d was taken over by another worker while this "
+                            "one was silent past --heartbeat-timeout; the result stored first is "
+                            "kept", cell, seed)
             self._attempted.add(key)
         return complete
 
@@ -348,7 +399,34 @@ class SuiteRunner:
         log.info("suite %s: %d runs trained, %d pruned, %d cached, %d failed, %.1f runs saved by "
                  "the pruner", self.suite.name, self.tally.executed, self.tally.pruned,
                  self.tally.cached, self.tally.failed, self.tally.saved_by_pruning)
+        hopeless = self._hopeless()
+        if hopeless:
+            raise RegbenchError(
+                f"suite {self.suite.name}: {len(hopeless)} of {len(self.plan.cells)} studies "
+                f"cannot give a result: {'; '.join(hopeless)}. Their runs are stored as failed "
+                "with their errors (regbench results --phase all); fix the cause and run the same "
+                "command again.")
         return self.tally
+
+    def _hopeless(self) -> list[str]:
+        """The cells that no worker could finish: no tuning trial completed, or every final run
+        failed with one same error (a configuration no seed can run). Read from the store, so
+        that every worker of the suite gives the same verdict."""
+        found = []
+        for cell in self.plan.cells:
+            name = f"{cell.regularizer} on {cell.task}, N={cell.size}"
+            params = self._tuned[cell]
+            if params is None:
+                found.append(f"{name}: no tuning trial completed")
+                continue
+            stored = [self.store.get(run_key(self._config(cell, params, seed)))
+                      for seed in self.suite.final_seeds]
+            errors = {_last_line(row["error"]) for row in stored
+                      if row is not None and row["status"] == FAILED}
+            if len(errors) == 1 and all(row is not None and row["status"] == FAILED
+                                        for row in stored):
+                found.append(f"{name}: every final run failed with {errors.pop()}")
+        return found
 
     def _check_threads(self) -> None:
         """Workers that share a CPU and each use all its cores slow one another down, three times
@@ -371,6 +449,12 @@ class SuiteRunner:
         self._bar.set_postfix(trained=self.tally.executed, cached=self.tally.cached,
                               failed=self.tally.failed, eta=f"{pace * left / 60:.0f} min",
                               refresh=False)
+
+
+def _last_line(text: str | None) -> str:
+    """The closing line of a stored traceback: the exception and its message."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no error recorded"
 
 
 def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = None) -> dict:

@@ -25,7 +25,11 @@ def subsample(task: Task, labels, n: int, data_seed: int) -> np.ndarray:
     if n >= len(labels):
         return everything
     groups = strata(task, labels)
-    stratify = groups if n >= len(np.unique(groups)) else None
+    counts = np.unique(groups, return_counts=True)[1]
+    # Stratifying needs each stratum twice, and room for every stratum in the subset and in the
+    # rest; a subset too small or too close to the whole is drawn plainly.
+    feasible = counts.min() >= 2 and min(n, len(labels) - n) >= len(counts)
+    stratify = groups if feasible else None
     chosen, _ = train_test_split(everything, train_size=n, stratify=stratify,
                                  random_state=data_seed)
     return np.sort(chosen)

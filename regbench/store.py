@@ -6,13 +6,18 @@ machines) holds the Optuna studies of the suite and the claims of its workers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import platform
 import random
+import sqlite3
 import subprocess
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
@@ -24,7 +29,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 import regbench
+from regbench.errors import RegbenchError
 
+log = logging.getLogger(__name__)
 FINISHED = "finished"  # trained to the end and evaluated
 DIVERGED = "diverged"  # the training loss stopped being finite: a result, not an accident
 FAILED = "failed"  # raised: a final run is retried when the suite runs again
@@ -65,19 +72,135 @@ runs = sa.Table(
 
 def storage_url(suite: str, url: str | None = None) -> str:
     """`url` when one is given, else the suite's own SQLite file, `runs/<suite>.db`."""
-    if url:
-        return url
-    path = Path("runs") / f"{suite}.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    if url is None:
+        return f"sqlite:///{Path('runs') / f'{suite}.db'}"
+    if not url.strip():
+        raise RegbenchError("--storage is empty: give a database URL, or leave the flag out for "
+                            f"runs/{suite}.db.")
+    if url.strip() in ("sqlite://", "sqlite:///:memory:"):
+        raise RegbenchError(f"--storage {url} is a database in memory, which keeps nothing once "
+                            "regbench exits: name a file, as sqlite:///runs/mine.db.")
+    return url
+
+
+def _where(url: str | sa.URL) -> str:
+    """A URL fit to print: its password hidden."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return str(url)
+
+
+_FULL = ("the disk is full; free some space (or move the store elsewhere with --storage) and run "
+         "the same command again")
+_DAMAGED = ("it is damaged (database disk image is malformed); restore it from a copy, or name a "
+            "new file with --storage")
+_NOT_SQLITE = "it is not a SQLite database; name a regbench store, or a new file"
+_READ_ONLY = ("it is read-only; make the file and its folder writable, or copy it to a writable "
+              "place and name the copy with --storage")
+# What the drivers' errors mean, by a telling part of their message (SQLite's, or the operating
+# system's under any driver), and what to do about each.
+_PROBLEMS = {
+    "database or disk is full": _FULL,
+    "no space left on device": _FULL,
+    "readonly database": _READ_ONLY,
+    "file is not a database": _NOT_SQLITE,
+    "database disk image is malformed": _DAMAGED,
+    "unable to open database file": "it cannot be opened; check that its folder exists and is "
+                                    "writable",
+    "disk i/o error": "the disk failed to read or write it (disk I/O error); check the disk",
+    "database is locked": "another process has held it locked for over a minute; stop that "
+                          "process, or wait for it",
+}
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
+
+
+def _chain(err: BaseException):
+    """`err`, its causes, and the driver's exceptions they wrap."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        orig = getattr(err, "orig", None)
+        if isinstance(orig, BaseException):
+            yield orig
+        err = err.__cause__ or err.__context__
+
+
+def _disconnected(err: BaseException) -> bool:
+    """Whether `err` is a database server out of reach (a restart, a network cut): worth waiting
+    for. SQLite's operational errors (a full disk, a lock) are not: waiting does not end them."""
+    for cause in _chain(err):
+        if isinstance(cause, sa.exc.DBAPIError) and (
+                cause.connection_invalidated or (isinstance(cause, sa.exc.OperationalError)
+                                                 and not _from_sqlite(cause))):
+            return True
+    return False
+
+
+def _from_sqlite(err: sa.exc.DBAPIError) -> bool:
+    return type(err.orig).__module__.startswith("sqlite3")
+
+
+def explain(err: BaseException, url: str | sa.URL) -> RegbenchError | None:
+    """The user's or the machine's problem behind a database error, as a `RegbenchError` naming the
+    store and what to do; None for an error regbench does not expect (a bug)."""
+    where = _where(url)
+    for cause in _chain(err):
+        text = str(cause).lower()
+        for telling, problem in _PROBLEMS.items():
+            if telling in text:
+                return RegbenchError(f"Storage {where}: {problem}.")
+    if _disconnected(err):
+        said = str(getattr(err, "orig", None) or err).strip()
+        first = said.splitlines()[0] if said else type(err).__name__
+        return RegbenchError(f"Could not use the database at {where}: {first}. Check that the "
+                             "server is running, and the URL's host, port, user, password and "
+                             "database name.")
+    return None
+
+
+def database_call(method: Callable[..., T]) -> Callable[..., T]:
+    """A method of an object with a `url` and `patience` (seconds) that uses the database, made
+    patient and plain-spoken: while the server is out of reach it is called again, backing off
+    with jitter, for up to `patience` seconds; then, or at once for any problem of the user's or
+    the machine's, a `RegbenchError` names the store and says what to do."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        give_up, delay = None, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self.patience
+                    if _disconnected(err) and self.patience:
+                        log.warning("lost the database at %s (%s); trying again for up to %.0f s",
+                                    _where(self.url), type(err).__name__, self.patience)
+                if _disconnected(err) and now < give_up:
+                    time.sleep(min(delay, give_up - now) * random.uniform(0.5, 1.0))
+                    delay = min(2 * delay, 30.0)
+                    continue
+                problem = explain(err, self.url)
+                if problem is None:
+                    raise
+                raise problem from err
+
+    return call
 
 
 def _engine_options(url: str) -> dict[str, Any]:
     """What an engine needs when several processes write to one database: SQLite waits for the
     lock (a minute) rather than failing at once; a server's connections are checked before use,
-    as a worker may sit idle longer than the server keeps a connection open."""
-    if sa.make_url(url).get_backend_name() == "sqlite":
+    as a worker may sit idle longer than the server keeps a connection open, and a server that
+    does not answer is given up on after 10 s rather than the system's minutes."""
+    backend = sa.make_url(url).get_backend_name()
+    if backend == "sqlite":
         return {"connect_args": {"timeout": 60}}
+    if backend in ("postgresql", "mysql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {"pool_pre_ping": True}
 
 
@@ -85,10 +208,33 @@ def create_engine(url: str) -> sa.Engine:
     return _serialise_sqlite(sa.create_engine(url, **_engine_options(url)))
 
 
-def study_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's storage in the same database, its engine set up as the store's."""
-    storage = tolerate_creation_race(
-        lambda: optuna.storages.RDBStorage(url, engine_kwargs=_engine_options(url)))
+class _PatientStudies(optuna.storages.RDBStorage):
+    """Optuna's storage with every call a `database_call`."""
+
+    patience = 0.0
+
+
+# The calls of Optuna's storage that each open a session of their own: the storage interface and
+# the private ones its cache calls. The helpers they call within a session are left alone, as
+# one is not worth retrying in a session already lost.
+for _name in {*(n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")),
+              "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+              "_get_stale_trial_ids"}:
+    setattr(_PatientStudies, _name, database_call(getattr(optuna.storages.RDBStorage, _name)))
+
+
+def study_storage(url: str, patience: float = 0.0) -> optuna.storages.RDBStorage:
+    """Optuna's storage in the same database, its engine set up as the store's, its calls as
+    patient as `patience` (seconds)."""
+    try:
+        storage = tolerate_creation_race(
+            lambda: _PatientStudies(url, engine_kwargs=_engine_options(url)))
+    except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        problem = explain(err, url)
+        if problem is None:
+            raise
+        raise problem from err
+    storage.patience = patience
     _serialise_sqlite(storage.engine)
     return storage
 
@@ -170,17 +316,153 @@ def _add_new_columns(engine: sa.Engine) -> None:
                     f"ALTER TABLE {runs.name} ADD COLUMN {column.name} {kind}")
 
 
+def check_url(url: str) -> sa.URL:
+    """`url` parsed, once it is known to be a database URL of a kind whose driver is installed:
+    what can be said of a store without reaching it."""
+    try:
+        parsed = sa.make_url(url)
+        parsed.get_dialect().import_dbapi()
+    except sa.exc.NoSuchModuleError:
+        raise RegbenchError(f"Storage {_where(url)}: no database kind {parsed.drivername!r}; "
+                            "regbench stores in sqlite, postgresql or mysql+pymysql.") from None
+    except sa.exc.ArgumentError:
+        raise RegbenchError(f"Storage {url!r} is not a database URL; write a file as "
+                            f"sqlite:///{url if '://' not in url else 'runs/mine.db'}, a server "
+                            "as postgresql://user:password@host/database.") from None
+    except ImportError as err:
+        raise _missing_driver(parsed, err) from None
+    return parsed
+
+
+def open_database(url: str, create: bool) -> sa.Engine:
+    """An engine on the database at `url`, checked before anything is written to it: that the URL
+    is one, its driver installed, its server reached; that a SQLite file, where there is one, is a
+    sound SQLite database; that the database is a regbench store, or, when `create`, empty. Without
+    `create`, nothing is ever created or changed, and the store must exist."""
+    parsed = check_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        engine = _sqlite_engine(Path(parsed.database), url, create)
+    else:
+        engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            tables = set(sa.inspect(connection).get_table_names())
+            if engine.dialect.name == "sqlite":
+                verdict = connection.exec_driver_sql("PRAGMA quick_check").scalar()
+                if verdict != "ok":
+                    raise RegbenchError(f"Storage {_where(url)}: {_DAMAGED} ({verdict}).")
+    except sa.exc.SQLAlchemyError as err:
+        engine.dispose()
+        problem = explain(err, url)
+        if problem is None:
+            raise
+        raise problem from err
+    if runs.name not in tables and (tables or not create):
+        engine.dispose()
+        found = f"another program's tables ({', '.join(sorted(tables)[:5])})" if tables else \
+            "no tables"
+        raise RegbenchError(f"Storage {_where(url)} holds {found}, none of regbench's: it is not "
+                            "a regbench store. Name the store of this suite with --storage"
+                            + (", or a new database." if create else
+                               ", or run the suite first to make one."))
+    return engine
+
+
+def _missing_driver(url: sa.URL, err: ImportError) -> RegbenchError:
+    install = {"postgresql": "pip install -e '.[postgres]' (psycopg 3, for postgresql://)",
+               "mysql": "pip install -e '.[mysql]' (PyMySQL, for mysql+pymysql://)"}
+    return RegbenchError(
+        f"Storage {_where(url)} needs the Python driver {err.name or url.drivername!r}, which is "
+        f"not installed: {install.get(url.get_backend_name(), 'install it')}.")
+
+
+def _sqlite_engine(path: Path, url: str, create: bool) -> sa.Engine:
+    """An engine on the SQLite file at `path`: for writing, with a new store made in one step when
+    there is none; for reading, read-only, and only on a store that exists."""
+    where = f"Storage {_where(url)}"
+    if path.is_dir():
+        raise RegbenchError(f"{where} is a folder, not a database file.")
+    if not path.exists():
+        if not create:
+            raise RegbenchError(f"{where}: no such file, so no runs to show. Run the suite first "
+                                "(regbench run), or name its store with --storage.")
+        if not path.parent.is_dir():
+            raise RegbenchError(f"{where}: the folder {path.parent} does not exist; create it, or "
+                                "name another file.")
+        if not os.access(path.parent, os.W_OK):
+            raise RegbenchError(f"{where}: the folder {path.parent} is read-only; make it "
+                                "writable, or name a file elsewhere.")
+        _new_sqlite_store(path, url)
+    elif path.stat().st_size == 0:
+        raise RegbenchError(f"{where} is an empty file (0 bytes), not a regbench store; it may be "
+                            "left from a failed copy. Delete it to start a new store, or name "
+                            "the right file.")
+    else:
+        with path.open("rb") as head:
+            if head.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                raise RegbenchError(f"{where}: {_NOT_SQLITE}.")
+    if create and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise RegbenchError(f"{where}: {_READ_ONLY}.")
+    if create:
+        return create_engine(url)
+    # Read-only by SQLite's own flag: not even a journal is left behind.
+    uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}?mode=ro"
+    return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True,
+                                                                         timeout=60))
+
+
+def _new_sqlite_store(path: Path, url: str) -> None:
+    """Make an empty store at `path` in one step: built beside it, then linked into place, which
+    fails if another worker got there first. A store is never seen half made, so an empty file is
+    never a store in the making."""
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")
+    engine = sa.create_engine(f"sqlite:///{staging}")
+    try:
+        metadata.create_all(engine)
+        engine.dispose()
+        os.link(staging, path)
+    except FileExistsError:
+        pass
+    except (OSError, sa.exc.SQLAlchemyError) as err:
+        raise explain(err, url) or RegbenchError(
+            f"Storage {_where(url)}: cannot create {path} ({err}).") from None
+    finally:
+        engine.dispose()
+        staging.unlink(missing_ok=True)
+
+
 class Store:
-    def __init__(self, url: str):
-        self.engine = create_engine(url)
+    """The runs of a database. `create` (for `run`): the store is made if need be; without it (for
+    the read-only commands) it must exist, and nothing is ever written. Database calls wait for a
+    server that is out of reach for up to `patience` seconds."""
+
+    def __init__(self, url: str, create: bool = True, patience: float = 0.0):
+        self.url, self.patience = url, patience
+        self.engine = open_database(url, create)
+        if create:
+            self._create_tables()
+        self._columns = self._present_columns()
+
+    @database_call
+    def _present_columns(self) -> list[sa.Column]:
+        """The runs table's columns this store has: a store of an older version, opened to read,
+        lacks those added since, and gets none added."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns(runs.name)}
+        return [column for column in runs.columns if column.name in present]
+
+    @database_call
+    def _create_tables(self) -> None:
         tolerate_creation_race(lambda: metadata.create_all(self.engine))
         tolerate_creation_race(lambda: _add_new_columns(self.engine))
 
+    @database_call
     def get(self, key: str) -> dict | None:
         with self.engine.connect() as connection:
-            row = connection.execute(sa.select(runs).where(runs.c.key == key)).mappings().first()
+            row = connection.execute(
+                sa.select(*self._columns).where(runs.c.key == key)).mappings().first()
         return dict(row) if row else None
 
+    @database_call
     def put(self, row: dict[str, Any], replace: bool = False) -> None:
         """Write one run in one transaction. A settled run is replaced only when asked, and only
         by another settled one: a crash never erases a result."""
@@ -200,8 +482,9 @@ class Store:
                 connection.execute(sa.delete(runs).where(runs.c.key == row["key"]))
             connection.execute(sa.insert(runs).values(**row))
 
+    @database_call
     def frame(self, suite: str | None = None) -> pd.DataFrame:
-        query = sa.select(runs)
+        query = sa.select(*self._columns)
         if suite is not None:
             query = query.where(runs.c.suite == suite)
         with self.engine.connect() as connection:

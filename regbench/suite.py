@@ -4,6 +4,7 @@ study, validated before anything runs."""
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,18 +14,27 @@ import yaml
 
 from regbench.errors import RegbenchError, unknown_name
 from regbench.modeling import EMBEDDED_MODEL
+from regbench.params import Param, check_fields, declared, from_mapping
 from regbench.plugins import require
 from regbench.recipe import Recipe
 from regbench.tasks import get_task
 
 PRUNERS = ("none", "median", "hyperband")
+# The store keeps sizes and seeds in 32-bit integer columns (PostgreSQL's and MySQL's INTEGER), and
+# scikit-learn's splits take seeds below 2**32: larger ones would fail only once a run is done.
+LARGEST = 2**31 - 1
+SIZE = Param(100, kind=int, ge=1, le=LARGEST)
+SEED = Param(0, kind=int, ge=0, le=LARGEST)
 
 
 @dataclass(frozen=True)
 class Tuning:
-    trials: int = 20
-    pruner: str = "median"
-    sampler_seed: int = 0
+    trials: int = declared(20, ge=0)
+    pruner: str = declared("median", choices=PRUNERS)
+    sampler_seed: int = declared(0, ge=0, le=LARGEST)
+
+    def __post_init__(self):
+        check_fields(self, "tuning")
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,6 @@ class Suite:
 
 
 _KEYS = {f.name for f in dataclasses.fields(Suite)}
-_TUNING_KEYS = {f.name for f in dataclasses.fields(Tuning)}
 
 
 def builtin_suites() -> list[str]:
@@ -63,22 +72,42 @@ def builtin_suites() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping, where PyYAML keeps the last silently
+    (a regularizer listed twice with different options would lose one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_suite(name_or_path: str) -> Suite:
     """A built-in suite by name, or a user's YAML file by path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise RegbenchError(f"Suite file {path} does not exist.")
-        text, source = path.read_text(), str(path)
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise RegbenchError(f"Suite file {path} {problem}.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise RegbenchError(f"Suite file {path} cannot be read: {err}.") from None
+        source = str(path)
     elif name_or_path in builtin_suites():
         text = resources.files("regbench.suites").joinpath(f"{name_or_path}.yaml").read_text()
         source = f"built-in suite {name_or_path!r}"
     else:
         raise unknown_name("suite", name_or_path, builtin_suites())
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as err:
-        raise RegbenchError(f"{source} is not valid YAML: {err}") from err
+        raise RegbenchError(f"{source} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(values, dict):
         raise RegbenchError(
             f"{source} must be a mapping of suite keys, not {type(values).__name__}.")
@@ -86,63 +115,92 @@ def load_suite(name_or_path: str) -> Suite:
     return parse_suite(values, source)
 
 
-def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
-    def fail(key: str, problem: str) -> RegbenchError:
-        return RegbenchError(f"{source}: key {key!r} {problem}")
+def checked_list(values: Any, param: Param, what: str) -> tuple:
+    """A non-empty list of distinct values, each allowed by `param`."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise RegbenchError(f"{what} must be a non-empty list, each {param.allowed()}; "
+                            f"got {reprlib.repr(values)}.")
+    checked = tuple(param.validate(v, f"{what}[{i}]") for i, v in enumerate(values))
+    _distinct(checked, what)
+    return checked
 
+
+def _distinct(items: tuple, what: str) -> None:
+    twice = sorted({item for item in items if items.count(item) > 1})
+    if twice:
+        raise RegbenchError(f"{what} lists {', '.join(map(repr, twice))} more than once.")
+
+
+def task_names(names: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(names, (list, tuple)) or not names:
+        raise RegbenchError(f"{what} must be a non-empty list of task names; got "
+                            f"{reprlib.repr(names)}.")
+    tasks = tuple(get_task(str(name)).name for name in names)
+    _distinct(tasks, what)
+    return tasks
+
+
+def regularizer_names(names: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(names, (list, tuple)) or not names or not all(
+            isinstance(n, str) for n in names):
+        raise RegbenchError(f"{what} must be a non-empty list of regularizer names; got "
+                            f"{reprlib.repr(names)}.")
+    _distinct(tuple(names), what)
+    for name in names:
+        require(name)  # its options are checked with the model's depth (runner.Plan)
+    return tuple(names)
+
+
+def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
     unknown = set(values) - _KEYS
     if unknown:
-        raise fail(sorted(unknown)[0],
-                   f"is not a suite key; the keys are: {', '.join(sorted(_KEYS))}.")
+        raise RegbenchError(f"{source}: key {sorted(unknown)[0]!r} is not a suite key; the keys "
+                            f"are: {', '.join(sorted(_KEYS))}.")
     for key in ("tasks", "sizes", "regularizers"):
         if key not in values:
-            raise fail(key, "is required.")
-
-    def int_list(key: str) -> tuple[int, ...]:
-        items = values[key]
-        if not isinstance(items, list) or not items or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in items):
-            raise fail(key, f"must be a non-empty list of integers, not {items!r}.")
-        return tuple(items)
-
-    if not isinstance(values["tasks"], list) or not values["tasks"]:
-        raise fail("tasks", f"must be a non-empty list of task names, not {values['tasks']!r}.")
-    tasks = tuple(get_task(str(t)).name for t in values["tasks"])
+            raise RegbenchError(f"{source}: key {key!r} is required.")
+    for key in ("name", "model", "description"):
+        if key in values and not isinstance(values[key], str):
+            raise RegbenchError(f"{source}: key {key!r} must be a string, not "
+                                f"{reprlib.repr(values[key])}.")
+    name = values["name"]
+    if not name or "/" in name or "\\" in name:
+        raise RegbenchError(f"{source}: name {name!r} must be a non-empty name without slashes: "
+                            "it names the suite's database and leaderboard files.")
 
     regularizers = values["regularizers"]
     if isinstance(regularizers, list):  # a plain list: every regularizer with its defaults
-        regularizers = {name: {} for name in regularizers}
+        regularizers = dict.fromkeys(regularizer_names(regularizers, f"{source}: regularizers"))
     if not isinstance(regularizers, dict) or not regularizers:
-        raise fail("regularizers", "must be a list of names or a mapping name -> fixed options.")
-    regularizers = {name: dict(options or {}) for name, options in regularizers.items()}
-    for name in regularizers:
-        require(name)  # its options are checked with the model's depth (runner.Plan)
+        raise RegbenchError(f"{source}: key 'regularizers' must be a list of names or a mapping "
+                            "name -> fixed options.")
+    regularizer_names(list(regularizers), f"{source}: regularizers")
+    for regularizer, options in regularizers.items():
+        if options is not None and not isinstance(options, dict):
+            raise RegbenchError(f"{source}: the options of regularizer {regularizer!r} must be a "
+                                f"mapping name -> value, not {reprlib.repr(options)}.")
 
-    tuning = values.get("tuning") or {}
-    if not isinstance(tuning, dict) or set(tuning) - _TUNING_KEYS:
-        raise fail("tuning", f"takes the keys {', '.join(sorted(_TUNING_KEYS))}; got {tuning!r}.")
-    tuning = Tuning(**tuning)
-    if tuning.pruner not in PRUNERS:
-        raise fail("tuning", f"has pruner {tuning.pruner!r}; the pruners are {', '.join(PRUNERS)}.")
-    if not isinstance(tuning.trials, int) or tuning.trials < 0:
-        raise fail("tuning", f"needs a number of trials, 0 for none, not {tuning.trials!r}.")
+    sections = {}
+    for key, kind in (("tuning", Tuning), ("recipe", Recipe)):
+        section = values.get(key) or {}
+        if not isinstance(section, dict):
+            raise RegbenchError(f"{source}: key {key!r} must be a mapping of {key} keys, not "
+                                f"{reprlib.repr(section)}.")
+        try:
+            sections[key] = from_mapping(kind, section, key)
+        except RegbenchError as err:
+            raise RegbenchError(f"{source}: {err}") from None
 
-    recipe = values.get("recipe") or {}
-    if not isinstance(recipe, dict):
-        raise fail("recipe", f"must be a mapping of recipe keys, not {recipe!r}.")
-    try:
-        recipe = Recipe.from_dict(recipe)
-    except (RegbenchError, TypeError) as err:
-        raise fail("recipe", str(err)) from err
-
-    optional = {key: int_list(key) for key in ("final_seeds", "tuning_seeds") if key in values}
-    _check_seeds(optional.get("final_seeds", Suite.final_seeds),
-                 optional.get("tuning_seeds", Suite.tuning_seeds), source)
-    return Suite(name=str(values["name"]), tasks=tasks, sizes=int_list("sizes"),
-                 regularizers=regularizers, tuning=tuning, recipe=recipe,
-                 data_seed=int(values.get("data_seed", 0)),
-                 model=str(values.get("model", EMBEDDED_MODEL)),
-                 description=str(values.get("description", "")), **optional)
+    seeds = {key: checked_list(values[key], SEED, f"{source}: {key}")
+             for key in ("final_seeds", "tuning_seeds") if key in values}
+    _check_seeds(seeds.get("final_seeds", Suite.final_seeds),
+                 seeds.get("tuning_seeds", Suite.tuning_seeds), source)
+    return Suite(name=name, tasks=task_names(values["tasks"], f"{source}: tasks"),
+                 sizes=checked_list(values["sizes"], SIZE, f"{source}: sizes"),
+                 regularizers={r: dict(o or {}) for r, o in regularizers.items()},
+                 data_seed=SEED.validate(values.get("data_seed", 0), f"{source}: data_seed"),
+                 model=values.get("model", EMBEDDED_MODEL),
+                 description=values.get("description", ""), **sections, **seeds)
 
 
 def _check_seeds(final: tuple[int, ...], tuning: tuple[int, ...], source: str) -> None:
@@ -156,20 +214,17 @@ def override(suite: Suite, **changes: Any) -> Suite:
     """The suite with command-line values in place of its own; None leaves a value alone."""
     changes = {k: v for k, v in changes.items() if v is not None}
     if "regularizers" in changes:
-        changes["regularizers"] = {name: suite.regularizers.get(name, {})
-                                   for name in changes["regularizers"]}
-        for name in changes["regularizers"]:
-            require(name)
+        changes["regularizers"] = {
+            name: suite.regularizers.get(name, {})
+            for name in regularizer_names(changes["regularizers"], "--regularizers")}
     if "tasks" in changes:
-        changes["tasks"] = tuple(get_task(t).name for t in changes["tasks"])
-    for key in ("sizes", "final_seeds"):
-        if key in changes:
-            changes[key] = tuple(changes[key])
+        changes["tasks"] = task_names(changes["tasks"], "--tasks")
+    if "sizes" in changes:
+        changes["sizes"] = checked_list(changes["sizes"], SIZE, "--sizes")
+    if "final_seeds" in changes:
+        changes["final_seeds"] = checked_list(changes["final_seeds"], SEED, "--seeds")
     _check_seeds(changes.get("final_seeds", suite.final_seeds), suite.tuning_seeds,
                  "the command line")
     if "trials" in changes:
-        if changes["trials"] < 0:
-            raise RegbenchError(f"--trials {changes['trials']}: give a number of trials, "
-                                "0 for none.")
         changes["tuning"] = dataclasses.replace(suite.tuning, trials=changes.pop("trials"))
     return dataclasses.replace(suite, **changes)

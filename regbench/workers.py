@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from regbench.store import tolerate_creation_race
+from regbench.store import database_call, tolerate_creation_race
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,21 @@ class Worker:
     """One process's membership of a suite: its heartbeat, and the work it claims."""
 
     def __init__(self, engine: sa.Engine, timeout: float = 300.0):
-        self.engine, self.timeout = engine, timeout
+        # A database out of reach is waited for as long as other workers wait for this one.
+        self.engine, self.timeout, self.url, self.patience = engine, timeout, engine.url, timeout
         self.id = f"{platform.node()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tolerate_creation_race(lambda: metadata.create_all(engine))
-        with engine.begin() as connection:
-            connection.execute(sa.insert(workers).values(
-                id=self.id, machine=MACHINE, host=platform.node(), pid=os.getpid(),
-                heartbeat=time.time()))
+        self._join()
         self._stop = threading.Event()
         self._heart = threading.Thread(target=self._beat, name="regbench-heartbeat", daemon=True)
         self._heart.start()
+
+    @database_call
+    def _join(self) -> None:
+        tolerate_creation_race(lambda: metadata.create_all(self.engine))
+        with self.engine.begin() as connection:
+            connection.execute(sa.insert(workers).values(
+                id=self.id, machine=MACHINE, host=platform.node(), pid=os.getpid(),
+                heartbeat=time.time()))
 
     @property
     def interval(self) -> float:
@@ -110,10 +115,14 @@ class Worker:
         other workers need not wait out the timeout."""
         self._stop.set()
         self._heart.join()
-        with self.engine.begin() as connection:
-            connection.execute(sa.delete(claims).where(claims.c.worker == self.id,
-                                                       sa.not_(claims.c.done)))
-            connection.execute(sa.delete(workers).where(workers.c.id == self.id))
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(sa.delete(claims).where(claims.c.worker == self.id,
+                                                           sa.not_(claims.c.done)))
+                connection.execute(sa.delete(workers).where(workers.c.id == self.id))
+        except sa.exc.SQLAlchemyError as err:  # must not hide why the worker stops
+            log.warning("worker %s could not give its claims back (%s); other workers take them "
+                        "over in %.0f s", self.id, err, self.timeout)
 
     def __enter__(self) -> Worker:
         return self
@@ -121,6 +130,7 @@ class Worker:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @database_call
     def claim(self, key: str) -> Claim:
         """Claim `key`: free work, or work whose worker is dead, becomes this worker's."""
         while True:
@@ -150,6 +160,7 @@ class Worker:
                 log.warning("took over %s from worker %s, which is gone", key, row.worker)
             return Claim.OURS if taken else Claim.HELD
 
+    @database_call
     def finish(self, key: str) -> None:
         """Mark claimed work done for good: no worker will claim it again."""
         with self.engine.begin() as connection:
@@ -157,11 +168,21 @@ class Worker:
                                                        claims.c.worker == self.id)
                                .values(done=True))
 
-    def release(self, key: str) -> None:
-        """Give claimed work back, for any worker to claim again."""
+    @database_call
+    def release(self, key: str) -> bool:
+        """Give claimed work back, for any worker to claim again; False when it was no longer
+        this worker's (taken over while this worker was silent)."""
         with self.engine.begin() as connection:
-            connection.execute(sa.delete(claims).where(claims.c.key == key,
-                                                       claims.c.worker == self.id))
+            return connection.execute(sa.delete(claims).where(
+                claims.c.key == key, claims.c.worker == self.id)).rowcount == 1
+
+    @database_call
+    def holds(self, key: str) -> bool:
+        """Whether `key` is still this worker's open claim."""
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(claims.c.key).where(
+                claims.c.key == key, claims.c.worker == self.id,
+                sa.not_(claims.c.done))).first() is not None
 
     def _alive(self, connection: sa.Connection, worker: str) -> bool:
         row = connection.execute(sa.select(workers).where(workers.c.id == worker)).first()
@@ -171,6 +192,7 @@ class Worker:
             return False  # killed on this machine: no need to wait for its heartbeat to age
         return time.time() - row.heartbeat < self.timeout
 
+    @database_call
     def live_workers(self, here: bool = False) -> int:
         """The workers heard from within the timeout: all, or those on this machine."""
         query = sa.select(sa.func.count()).select_from(workers).where(

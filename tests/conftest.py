@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -100,6 +101,24 @@ def tiny_batches():
                         "attention_mask": mask,
                         "labels": torch.randint(0, 2, (4,), generator=generator)})
     return batches
+
+
+@pytest.fixture
+def watcher():
+    """`watcher(url)`: an engine that reads the database workers write, and never creates it. A
+    SQLite file that a watcher made, empty, before the workers made their store would be refused
+    as not a store."""
+    engines = []
+
+    def watch(url: str) -> sa.Engine:
+        if url.startswith("sqlite:///"):
+            url = f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+        engines.append(sa.create_engine(url))
+        return engines[-1]
+
+    yield watch
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
+from regbench.errors import RegbenchError
 from regbench.runner import Plan, SuiteRunner
 from regbench.store import Store
 from regbench.suite import Cell, load_suite, parse_suite
@@ -100,7 +101,12 @@ def test_failures_are_stored_and_the_suite_goes_on(glue_dir, tmp_path, installed
     installed(tmp_path)
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
     suite = tiny_suite(regularizers=["raising", "diverging", "vanilla"], final_seeds=[1])
-    tally = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    runner = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False)
+    # The other studies run to their end; then the one that cannot give a result fails the run.
+    with pytest.raises(RegbenchError, match=r"suite tiny: 1 of 3 studies cannot give a result: "
+                       r"raising on rte, N=16: no tuning trial completed\."):
+        runner.run()
+    tally = runner.tally
     runs = Store(storage).frame()
     raising = runs[runs.regularizer == "raising"]
     assert list(raising.phase) == ["tune", "tune"] and (raising.status == "failed").all()
@@ -216,36 +222,35 @@ def _write_suite(tmp_path, seeds):
     return path
 
 
-def _stored(db, phase) -> int:
-    engine = sa.create_engine(f"sqlite:///{db}")
+def _stored(engine, phase) -> int:
     try:
         with engine.connect() as connection:
             return connection.execute(sa.text(
                 f"select count(*) from regbench_runs where phase = '{phase}' "
                 "and status = 'finished'")).scalar()
-    except sa.exc.OperationalError:  # the table is not there yet
+    except sa.exc.OperationalError:  # the store or its table is not there yet
         return 0
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.parametrize("sig, phase", [(signal.SIGKILL, "tune"), (signal.SIGKILL, "final"),
                                         (signal.SIGINT, "final")])
-def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, sig, phase):
+def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, watcher, sig,
+                                                           phase):
     """Kill a real suite once its first run of `phase` is stored (during the second tuning run,
     or during the final runs), run the same command again, and count."""
     suite, db = _write_suite(tmp_path, [1, 2, 3]), tmp_path / "killme.db"
+    watched = watcher(f"sqlite:///{db}")
     command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite),
                "--storage", f"sqlite:///{db}", "--data-dir", str(glue_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 240
-    while _stored(db, phase) < 1 and process.poll() is None and time.monotonic() < deadline:
+    while _stored(watched, phase) < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
-    tuned, finals = _stored(db, "tune"), _stored(db, "final")
+    tuned, finals = _stored(watched, "tune"), _stored(watched, "final")
     assert tuned + finals < 4 + 3, "the kill should land in the middle of the suite"
     if sig == signal.SIGINT:
         assert process.returncode == 130 and "run the same command to resume" in err
@@ -261,3 +266,35 @@ def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, s
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 2  # the budget, whatever was cut off
     assert len(runs[runs.phase == "tune"]) == 4  # two trials of two seeds, none trained twice
+
+
+SETUP_FAILS = """
+from regbench.errors import RegbenchError
+from regbench.plugin import Regularizer
+
+class Plugin(Regularizer):
+    name = "{name}"
+
+    def setup(self, model, state):
+        raise {error}
+"""
+
+
+@pytest.mark.parametrize("error, message, stored", [
+    # A bug of every seed: all are tried, the other study runs to its end, then the verdict.
+    ('ValueError("needs a GPU of 80 GB")', r"^suite tiny: 1 of 2 studies cannot give a result: "
+     r"failing on rte, N=16: every final run failed with ValueError: needs a GPU of 80 GB\.",
+     ["vanilla", "vanilla", "failing", "failing"]),
+    # A problem of the setup, which every run would meet: the suite stops at the first.
+    ('RegbenchError("set FAILING_HOME to its weights")',
+     r"^failing on rte, N=16, seed 1: set FAILING_HOME to its weights$", ["vanilla", "vanilla"]),
+])
+def test_a_study_that_cannot_give_a_result_fails_the_suite(error, message, stored, glue_dir,
+                                                           tmp_path, install_plugin):
+    install_plugin("regbench-failing", "failing", SETUP_FAILS.format(name="failing", error=error))
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    suite = tiny_suite(regularizers=["vanilla", "failing"], tuning={"trials": 0})
+    with pytest.raises(RegbenchError, match=message):
+        SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
+    runs = Store(storage).frame()
+    assert list(runs.regularizer) == stored  # what was trained before stays stored

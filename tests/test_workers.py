@@ -103,42 +103,40 @@ def _suite_file(tmp_path, **values):
     return path
 
 
-def _start_workers(n, suite, url, glue_dir, tmp_path):
+def _start_workers(n, suite, url, glue_dir, tmp_path, timeout=10, first=0):
+    """`n` worker processes, logging to worker-<first>.log, worker-<first + 1>.log, ..."""
     command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite), "--storage",
-               url, "--data-dir", str(glue_dir), "--heartbeat-timeout", "10"]
+               url, "--data-dir", str(glue_dir), "--heartbeat-timeout", str(timeout)]
     # One thread each: three workers with two threads each would fight over two cores.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return [subprocess.Popen(command, env=env, stderr=subprocess.STDOUT,
-                             stdout=(tmp_path / f"worker-{i}.log").open("w")) for i in range(n)]
+                             stdout=(tmp_path / f"worker-{i}.log").open("w"))
+            for i in range(first, first + n)]
 
 
-def _kill_a_busy_worker(url, processes):
+def _kill_a_busy_worker(engine, processes):
     """SIGKILL a worker that holds open work and has already stored a run of its own."""
-    engine = sa.create_engine(url)
     deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(0.3)
-            try:
-                with engine.connect() as connection:
-                    holders = connection.execute(
-                        sa.select(workers.c.id, workers.c.pid).join(
-                            claims, claims.c.worker == workers.c.id).where(
-                            sa.not_(claims.c.done))).all()
-                    stored = connection.execute(sa.text(
-                        "select provenance from regbench_runs")).scalars().all()
-            except sa.exc.DBAPIError:  # the tables are not there yet
-                continue
-            done_by = {(p if isinstance(p, dict) else json.loads(p))["worker"] for p in stored}
-            for worker, pid in holders:
-                if worker in done_by:
-                    victim = next(p for p in processes if p.pid == pid)
-                    victim.kill()
-                    victim.wait()
-                    return worker
-        pytest.fail("no worker held work while having stored a run")
-    finally:
-        engine.dispose()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            with engine.connect() as connection:
+                holders = connection.execute(
+                    sa.select(workers.c.id, workers.c.pid).join(
+                        claims, claims.c.worker == workers.c.id).where(
+                        sa.not_(claims.c.done))).all()
+                stored = connection.execute(sa.text(
+                    "select provenance from regbench_runs")).scalars().all()
+        except sa.exc.DBAPIError:  # the tables are not there yet
+            continue
+        done_by = {(p if isinstance(p, dict) else json.loads(p))["worker"] for p in stored}
+        for worker, pid in holders:
+            if worker in done_by:
+                victim = next(p for p in processes if p.pid == pid)
+                victim.kill()
+                victim.wait()
+                return worker
+    pytest.fail("no worker held work while having stored a run")
 
 
 def _finish(processes, tmp_path) -> int:
@@ -167,12 +165,12 @@ def _check_runs(url, victim, trained, suite):
     return runs
 
 
-def test_workers_share_a_tuned_suite_within_its_budget(storage_url, glue_dir, tmp_path):
+def test_workers_share_a_tuned_suite_within_its_budget(storage_url, glue_dir, tmp_path, watcher):
     suite_file = _suite_file(tmp_path, regularizers=["vanilla", "weight_decay", "l2sp"],
                              tuning={"trials": 3, "pruner": "median"})
     suite = load_suite(str(suite_file))
     processes = _start_workers(3, suite_file, storage_url, glue_dir, tmp_path)
-    victim = _kill_a_busy_worker(storage_url, processes)
+    victim = _kill_a_busy_worker(watcher(storage_url), processes)
     trained = _finish(processes, tmp_path)
     _check_runs(storage_url, victim, trained, suite)
     plan = Plan.of(suite)
@@ -186,13 +184,13 @@ def test_workers_share_a_tuned_suite_within_its_budget(storage_url, glue_dir, tm
 
 
 def test_workers_without_tuning_publish_the_single_worker_leaderboard(storage_url, glue_dir,
-                                                                      tmp_path):
+                                                                      tmp_path, watcher):
     # Parallel sampling is not reproducible: only an untuned suite can match a lone worker's.
     suite_file = _suite_file(tmp_path, regularizers=["vanilla", "weight_decay", "l2sp"],
                              tuning={"trials": 0})
     suite = load_suite(str(suite_file))
     processes = _start_workers(3, suite_file, storage_url, glue_dir, tmp_path)
-    victim = _kill_a_busy_worker(storage_url, processes)
+    victim = _kill_a_busy_worker(watcher(storage_url), processes)
     _check_runs(storage_url, victim, _finish(processes, tmp_path), suite)
 
     alone = f"sqlite:///{tmp_path / 'alone.db'}"
@@ -203,3 +201,77 @@ def test_workers_without_tuning_publish_the_single_worker_leaderboard(storage_ur
                       .drop(columns=["seconds", "peak_memory_mb", "time_vs_vanilla"])
                       for name, url in (("shared", storage_url), ("alone", alone)))
     pd.testing.assert_frame_equal(shared, single)  # scores, statistics and ranks; not timings
+
+
+# -- a cluster's faults, on a real PostgreSQL ------------------------------------------------------
+
+def _wait_for(engine, query, deadline=300):
+    """Poll `query` until it returns a true value; that value."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with engine.connect() as connection:
+                found = connection.execute(sa.text(query)).scalar()
+            if found:
+                return found
+        except sa.exc.DBAPIError:  # the tables are not there yet
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"waited {deadline} s for: {query}")
+
+
+def _stored_once(url, suite) -> int:
+    """Every final run stored once, finished, and every run stored at most once; how many."""
+    runs = Store(url).frame(suite.name)
+    finals = runs[runs.phase == "final"]
+    assert sorted(zip(finals.regularizer, finals.seed, strict=True)) == sorted(
+        (r, s) for r in suite.regularizers for s in suite.final_seeds)
+    assert (runs.status == "finished").all() and runs.key.is_unique
+    return len(runs)
+
+
+def test_a_worker_rides_out_a_database_restart(postgres, postgres_url, glue_dir, tmp_path,
+                                               watcher):
+    """Stop the server for some seconds while the worker is mid-suite: it waits, keeps what it
+    trained meanwhile, stores it when the server is back, and finishes the suite."""
+    suite_file = _suite_file(tmp_path, regularizers=["vanilla", "weight_decay"],
+                             tuning={"trials": 2, "pruner": "median"})
+    [worker] = _start_workers(1, suite_file, postgres_url, glue_dir, tmp_path, timeout=120)
+    try:
+        _wait_for(watcher(postgres_url), "select count(*) from regbench_runs")
+        postgres.stop()
+        time.sleep(8)  # the worker trains on, then waits for the server
+    finally:
+        postgres.start()
+    trained = _finish([worker], tmp_path)
+    log = (tmp_path / "worker-0.log").read_text()
+    assert "lost the database at postgresql://" in log and "Traceback" not in log
+    assert _stored_once(postgres_url, load_suite(str(suite_file))) == trained, \
+        "a run was trained twice, or one was lost"
+
+
+def test_a_worker_paused_past_the_timeout_drops_the_work_taken_over(postgres_url, glue_dir,
+                                                                     tmp_path, watcher):
+    """SIGSTOP a worker in the middle of a tuning trial, long enough for a second worker to take
+    the trial over and finish the suite; SIGCONT it: it says so, and ends with the suite."""
+    suite_file = _suite_file(tmp_path, regularizers=["weight_decay"], final_seeds=[1, 2],
+                             tuning_seeds=[101], tuning={"trials": 2, "pruner": "none"})
+    [paused] = _start_workers(1, suite_file, postgres_url, glue_dir, tmp_path, timeout=6)
+    workers_ = [paused]
+    try:
+        _wait_for(watcher(postgres_url), "select count(*) from regbench_claims where not done")
+        time.sleep(1)  # into the trial's training, away from any database call
+        paused.send_signal(signal.SIGSTOP)
+        workers_ += _start_workers(1, suite_file, postgres_url, glue_dir, tmp_path, timeout=6,
+                                   first=1)
+        assert workers_[1].wait(timeout=300) == 0, (tmp_path / "worker-1.log").read_text()
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    trained = _finish(workers_, tmp_path)
+    log = (tmp_path / "worker-0.log").read_text()
+    assert re.search(r"trial \d+ of \S+ was taken over by another worker while this one was "
+                     r"silent past --heartbeat-timeout; this worker drops it", log), log
+    assert "Traceback" not in log
+    # The paused worker stops its run at its next report to the trial, or, past the last one,
+    # trains it to the end and finds it stored: one run trained twice at most, stored once.
+    assert trained - _stored_once(postgres_url, load_suite(str(suite_file))) in (0, 1)
