@@ -360,11 +360,11 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             datefmt="%H:%M:%S", stream=sys.stderr)
         if not args.verbose:
-            import transformers
-
-            # Their load reports and progress bars repeat on every run; regbench logs its own.
-            transformers.logging.set_verbosity_error()
-            transformers.logging.disable_progress_bar()
+            # transformers' load reports and progress bars repeat on every run; regbench logs its
+            # own. Said through the environment it reads on import, so that commands which never
+            # load a model (leaderboard, results) never import it.
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         args.run(args)
     except RegbenchError as err:
         if debug:

@@ -9,12 +9,12 @@ from functools import lru_cache
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from regbench import EMBEDDED_MODEL
 from regbench.errors import RegbenchError
 from regbench.tasks import Task
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODEL = "minilm"
 
 
 def resolve_model(model: str) -> str:

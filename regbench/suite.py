@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
+from regbench import EMBEDDED_MODEL
 from regbench.errors import RegbenchError, unknown_name
-from regbench.modeling import EMBEDDED_MODEL
 from regbench.params import Param, check_fields, declared, from_mapping
 from regbench.plugins import require
 from regbench.recipe import Recipe
