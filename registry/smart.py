@@ -8,20 +8,33 @@ from typing import Any
 
 import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
+from torch.utils.hooks import RemovableHandle
 
+from regbench.errors import RegbenchError
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
 
 
-def divergence(a: torch.Tensor, b: torch.Tensor, regression: bool) -> torch.Tensor:
+def divergence(a: torch.Tensor, b: torch.Tensor, regression: bool,
+               detached_targets: bool = False) -> torch.Tensor:
     """ℓ_s per example: the symmetric KL divergence between the predictive distributions of two
-    sets of logits, or the squared error between two regression outputs."""
+    sets of logits, or the squared error between two regression outputs.
+
+    With `detached_targets`, each KL's target distribution is a constant, as in mt-dnn's
+    `SymKlCriterion`, KL(sg(q)‖p) + KL(sg(p)‖q): the same value, but each side's logits get the
+    gradient of one KL, p − q, half what the full symmetric KL sends them near agreement. The
+    squared error differentiates both sides either way, as mt-dnn's `MseCriterion` does.
+    """
     a, b = a.float(), b.float()
     if regression:
         return (a - b).square().sum(-1)
     log_p, log_q = a.log_softmax(-1), b.log_softmax(-1)
-    # KL(p‖q) + KL(q‖p) = Σ (p − q)(log p − log q): one expression, differentiable in both.
-    return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+    # KL(p‖q) + KL(q‖p) = Σ (p − q)(log p − log q). With the weights p − q constant, the
+    # gradient in a's logits is p − q (the weights sum to 0), which is KL(sg(q)‖p)'s.
+    weights = log_p.exp() - log_q.exp()
+    if detached_targets:
+        weights = weights.detach()
+    return (weights * (log_p - log_q)).sum(-1)
 
 
 def unit_inf_norm(delta: torch.Tensor) -> torch.Tensor:
@@ -29,17 +42,39 @@ def unit_inf_norm(delta: torch.Tensor) -> torch.Tensor:
     return delta / delta.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(delta.dtype).tiny)
 
 
-def adversarial_perturbation(model: torch.nn.Module, embeds: torch.Tensor,
+def embedding_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The embedding layer of a BERT-family model (BERT, RoBERTa, ELECTRA and their kin)."""
+    embeddings = getattr(model.base_model, "embeddings", None)
+    if not isinstance(embeddings, torch.nn.Module):
+        raise RegbenchError(
+            f"smart cannot find the embedding layer of {type(model).__name__}: it looks for "
+            "`base_model.embeddings`, as BERT-family models have. Pick a BERT-family model or "
+            "another regularizer.")
+    return embeddings
+
+
+def logits_at(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+              embedded: torch.Tensor) -> torch.Tensor:
+    """The model's logits with its embedding layer's output replaced by `embedded`: the model's
+    own encoder and head run on it, with the attention mask of `inputs`."""
+    hook = embedding_layer(model).register_forward_hook(lambda module, args, output: embedded)
+    try:
+        return model(**inputs).logits
+    finally:
+        hook.remove()
+
+
+def adversarial_perturbation(model: torch.nn.Module, embedded: torch.Tensor,
                              inputs: dict[str, torch.Tensor], clean_logits: torch.Tensor,
                              regression: bool, sigma: float, eta: float,
                              steps: int) -> torch.Tensor:
-    """δ on the word embeddings after `steps` of projected gradient ascent on ℓ_s, from
-    δ₀ ~ N(0, σ²). Only δ is differentiated: no parameter gradient is computed here."""
-    embeds, clean_logits = embeds.detach(), clean_logits.detach()
-    delta = torch.randn_like(embeds) * sigma
+    """δ on the embedding layer's output `embedded` after `steps` of projected gradient ascent on
+    ℓ_s, from δ₀ ~ N(0, σ²). Only δ is differentiated: no parameter gradient is computed here."""
+    embedded, clean_logits = embedded.detach(), clean_logits.detach()
+    delta = torch.randn_like(embedded) * sigma
     for _ in range(steps):
         delta.requires_grad_()
-        logits = model(inputs_embeds=embeds + delta, **inputs).logits
+        logits = logits_at(model, inputs, embedded + delta)
         # Summed over the batch, as the reference code does: each example's δ gets its own
         # gradient, whatever the batch size.
         (grad,) = torch.autograd.grad(divergence(logits, clean_logits, regression).sum(), delta)
@@ -50,14 +85,24 @@ def adversarial_perturbation(model: torch.nn.Module, embeds: torch.Tensor,
 class Smart(Regularizer):
     """`loss` adds λ_s · ℓ_s(f(e + δ), f(e)) and, with the teacher on, μ · ℓ_s(f(x; θ), f(x; θ̃)).
 
+    e is the embedding layer's output in the main pass (after its LayerNorm and dropout, caught
+    by a forward hook armed in `before_forward`), the tensor mt-dnn's `SmartPerturbation`
+    perturbs. The perturbed passes replace that output with e + δ, so the model's own encoder and
+    head run with the main pass's attention mask; for ELECTRA, e is the embedding layer's output
+    before `embeddings_project`. The final term follows mt-dnn: each KL's target side detached
+    (see `divergence`), so λ_s means what it means in the published runs; gradients reach the
+    parameters through f(e) and through e + δ, as there. The teacher term differentiates the
+    student's side of its symmetric KL in full, the teacher being a constant.
+
     The perturbed passes call the model in whatever mode the harness left it, so they draw dropout
     exactly as the main pass does. The teacher is a frozen copy in eval mode, moved only by the
     momentum update of `after_step`.
     """
 
     name = "smart"
-    description = ("Adversarial smoothness on the word embeddings (K steps of projected ascent) "
-                   "and a Bregman proximal term toward a momentum teacher.")
+    version = "2"  # 2: δ on the embedding output, not the word embeddings; detached KL targets
+    description = ("Adversarial smoothness on the embedding layer's output (K steps of projected "
+                   "ascent) and a Bregman proximal term toward a momentum teacher.")
     citation = ("Jiang et al., ACL 2020, SMART: Robust and efficient fine-tuning for pre-trained "
                 "natural language models through principled regularized optimization")
     hyperparameters = {"lambda_s": Param(1.0, ge=0), "eta": Param(1e-3, ge=0),
@@ -76,25 +121,36 @@ class Smart(Regularizer):
 
     def setup(self, model: torch.nn.Module, context: State) -> None:
         self.regression = context.task.is_regression
+        self.embeddings = embedding_layer(model)
+        self.embedded: torch.Tensor | None = None
+        self.capture: RemovableHandle | None = None
         self.teacher: torch.nn.Module | None = None
         if self.params["teacher"]:
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
             self._student_params = list(model.parameters())
             self._teacher_params = list(self.teacher.parameters())
 
+    def before_forward(self, state: State) -> None:
+        # For the main pass alone: the perturbed passes replace this output.
+        self.capture = self.embeddings.register_forward_hook(self._capture)
+
+    def _capture(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.embedded = output
+        self.capture.remove()
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
              task_loss: torch.Tensor) -> torch.Tensor:
         p = self.params
-        inputs = {k: v for k, v in batch.items() if k not in ("input_ids", "labels")}
-        embeds = model.get_input_embeddings()(batch["input_ids"])
-        delta = adversarial_perturbation(model, embeds, inputs, outputs.logits, self.regression,
+        embedded, self.embedded = self.embedded, None  # not kept past the step
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        delta = adversarial_perturbation(model, embedded, inputs, outputs.logits, self.regression,
                                          p["sigma"], p["eta"], p["K"])
-        perturbed = model(inputs_embeds=embeds + delta, **inputs).logits
-        loss = task_loss + p["lambda_s"] * divergence(perturbed, outputs.logits,
-                                                      self.regression).mean()
+        perturbed = logits_at(model, inputs, embedded + delta)
+        loss = task_loss + p["lambda_s"] * divergence(perturbed, outputs.logits, self.regression,
+                                                      detached_targets=True).mean()
         if self.teacher is not None:
             with torch.no_grad():
-                target = self.teacher(input_ids=batch["input_ids"], **inputs).logits
+                target = self.teacher(**inputs).logits
             loss = loss + p["mu"] * divergence(outputs.logits, target, self.regression).mean()
         return loss
 
@@ -104,3 +160,8 @@ class Smart(Regularizer):
             # θ̃ + (1 − β)(θ − θ̃) = β·θ̃ + (1 − β)·θ
             torch._foreach_lerp_(self._teacher_params, self._student_params,
                                  1.0 - self.params["beta"])
+
+    def after_training(self, state: State) -> None:
+        if self.capture is not None:
+            self.capture.remove()  # armed for a pass that never came
+        self.embedded = None

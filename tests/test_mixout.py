@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from optuna.distributions import FloatDistribution
 from torch import nn
+from transformers import BertConfig, BertForSequenceClassification
 
 from regbench.harness import set_up
 from regbench.plugins import build
@@ -126,6 +129,46 @@ def test_without_mix_head_the_head_and_its_dropout_are_left_alone(minilm):
     assert model.dropout.p == 0.1
     assert isinstance(model.bert.pooler.dense, MixLinear)
     assert all(m.p == 0.0 for m in model.bert.modules() if isinstance(m, nn.Dropout))
+
+
+def test_a_tiny_bert_computes_with_the_published_mixed_weights(monkeypatch):
+    """With a fixed mask, the mixed-out model's logits and gradients against a plain copy of it
+    whose every linear weight is replaced by the published formula, computed here."""
+    p = 0.6
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=40)).train()
+    plain = copy.deepcopy(model).eval()  # no dropout, as mixout switches it off
+    targets = {name: module.weight.detach().clone() for name, module in plain.named_modules()
+               if isinstance(module, nn.Linear)}
+    set_up(Mixout(p=p), model, get_task("rte"), frozenset())
+    with torch.no_grad():  # training has moved W away from U
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+
+    def kept(columns: int) -> torch.Tensor:  # the fixed mask: every column but each third one
+        return (torch.arange(columns) % 3 != 0).float()
+
+    def fixed_draw(keep: torch.Tensor, probability: float) -> torch.Tensor:
+        assert probability == pytest.approx(1 - p)
+        return keep.copy_(kept(keep.shape[-1]))
+
+    monkeypatch.setattr(torch.Tensor, "bernoulli_", fixed_draw)
+    ids = torch.tensor([[2, 5, 6, 7, 3, 0, 0], [2, 5, 6, 7, 8, 9, 3]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    parameters = dict(model.named_parameters())
+    mixed = dict(parameters)
+    for name, target in targets.items():
+        weight, m = parameters[f"{name}.weight"], kept(target.shape[1])  # m[j]: column j
+        mixed[f"{name}.weight"] = ((1 - m) * target + m * weight - p * target) / (1 - p)
+
+    logits = model(**batch).logits
+    expected = torch.func.functional_call(plain, mixed, kwargs=batch).logits
+    torch.testing.assert_close(logits, expected)
+    leaves = list(parameters.values())
+    for ours, reference in zip(torch.autograd.grad(logits.square().sum(), leaves),
+                               torch.autograd.grad(expected.square().sum(), leaves), strict=True):
+        torch.testing.assert_close(ours, reference)
 
 
 def test_registration_defaults_and_search_space():

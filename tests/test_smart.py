@@ -1,4 +1,5 @@
-"""smart against its definition in regularizers.md: ℓ_s, the ascent, the loss terms, the teacher."""
+"""smart against its definition in regularizers.md: ℓ_s, where δ lands, the ascent, the loss terms
+(the adversarial one as mt-dnn computes it), the teacher."""
 
 from __future__ import annotations
 
@@ -7,13 +8,64 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
+from regbench.errors import RegbenchError
 from regbench.harness import set_up
 from regbench.modeling import load_model
+from regbench.registry import smart as smart_module
 from regbench.registry.smart import Smart, adversarial_perturbation, divergence, unit_inf_norm
 from regbench.tasks import get_task
 
 RTE = get_task("rte")
+MNLI = get_task("mnli")  # three labels: a KL over more than two classes
+TINY = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 16, "max_position_embeddings": 40, "num_labels": 3,
+        "initializer_range": 0.5}  # far from 0.02: logits that differ enough to compare
+
+
+def _tiny(kind: str) -> torch.nn.Module:
+    """A tiny BERT-family classifier built in code; ELECTRA's embeddings narrower than its
+    encoder, so that its `embeddings_project` is in play."""
+    return {"bert": lambda: BertForSequenceClassification(BertConfig(**TINY)),
+            "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**TINY)),
+            "electra": lambda: ElectraForSequenceClassification(ElectraConfig(embedding_size=6,
+                                                                              **TINY)),
+            }[kind]()
+
+
+def _tiny_batch() -> dict[str, torch.Tensor]:
+    ids = torch.tensor([[0, 5, 6, 7, 2, 1, 1], [0, 5, 6, 7, 8, 9, 2], [0, 11, 12, 2, 1, 1, 1]])
+    mask = (ids != 1).long()  # 1 pads (RoBERTa's pad id; the others only see the mask)
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 2, 1])}
+
+
+def _logits_from_the_embedding_output(model, batch, embedded: torch.Tensor) -> torch.Tensor:
+    """f(e) computed by hand from the embedding output: the encoder called on it directly (after
+    ELECTRA's projection), then the classification head, in eval mode."""
+    base = model.base_model
+    h = base.embeddings_project(embedded) if hasattr(base, "embeddings_project") else embedded
+    additive_mask = (1.0 - batch["attention_mask"][:, None, None, :].float()) * -1e9
+    sequence = base.encoder(h, attention_mask=additive_mask).last_hidden_state
+    if isinstance(model, BertForSequenceClassification):
+        return model.classifier(base.pooler(sequence))
+    return model.classifier(sequence)
+
+
+def _mt_dnn_symmetric_kl(input_logits, target_logits) -> torch.Tensor:
+    """mt-dnn's SymKlCriterion as its formula reads: KL(sg(q)‖p) + KL(sg(p)‖q), batch mean."""
+    p_log, q_log = input_logits.log_softmax(-1), target_logits.log_softmax(-1)
+    return (F.kl_div(p_log, q_log.exp().detach(), reduction="batchmean")
+            + F.kl_div(q_log, p_log.exp().detach(), reduction="batchmean"))
 
 
 def _setup(smart: Smart, minilm) -> torch.nn.Module:
@@ -22,8 +74,13 @@ def _setup(smart: Smart, minilm) -> torch.nn.Module:
     return model
 
 
+def _main_pass(smart: Smart, model, batch):
+    smart.before_forward(smart.state)
+    return model(**batch)
+
+
 def _inputs(batch):
-    return {k: v for k, v in batch.items() if k not in ("input_ids", "labels")}
+    return {k: v for k, v in batch.items() if k != "labels"}
 
 
 def test_symmetric_kl_matches_a_hand_computation():
@@ -45,46 +102,130 @@ def test_symmetric_kl_is_zero_for_equal_logits_and_positive_otherwise():
     torch.testing.assert_close(divergence(a, b, False), divergence(b, a, False))
 
 
-def test_regression_uses_the_squared_error():
-    value = divergence(torch.tensor([[1.5], [0.0]]), torch.tensor([[0.5], [-2.0]]), regression=True)
-    torch.testing.assert_close(value, torch.tensor([1.0, 4.0]))
+def test_detached_targets_keep_the_value_and_give_mt_dnn_gradients():
+    a, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    ours = divergence(a, b, False, detached_targets=True).mean()
+    ours_grads = torch.autograd.grad(ours, (a, b))
+    reference = _mt_dnn_symmetric_kl(a, b)
+    torch.testing.assert_close(ours, reference)
+    for ours_grad, reference_grad in zip(ours_grads, torch.autograd.grad(reference, (a, b)),
+                                         strict=True):
+        torch.testing.assert_close(ours_grad, reference_grad)
+    # Each side's gradient is p − q over the batch: half the full symmetric KL's near agreement.
+    p, q = a.softmax(-1).detach(), b.softmax(-1).detach()
+    torch.testing.assert_close(ours_grads[0], (p - q) / 4)
+    near = b.detach() + 1e-3 * torch.randn(4, 3)
+    near.requires_grad_()
+    full = torch.autograd.grad(divergence(near, b.detach(), False).sum(), near)[0]
+    detached = torch.autograd.grad(divergence(near, b.detach(), False, True).sum(), near)[0]
+    torch.testing.assert_close(full, 2 * detached, rtol=0.02, atol=1e-9)
 
 
-def test_one_ascent_step_follows_the_formula_with_a_unit_inf_norm_per_token(minilm, rte_batch):
-    model, _ = minilm
-    model.eval()
-    inputs = _inputs(rte_batch)
-    embeds = model.get_input_embeddings()(rte_batch["input_ids"]).detach()
-    clean = model(**rte_batch).logits.detach()
+def test_regression_uses_the_squared_error_on_both_sides():
+    a = torch.tensor([[1.5], [0.0]], requires_grad=True)
+    b = torch.tensor([[0.5], [-2.0]], requires_grad=True)
+    for detached in (False, True):  # mt-dnn's MseCriterion detaches neither side
+        value = divergence(a, b, regression=True, detached_targets=detached)
+        torch.testing.assert_close(value, torch.tensor([1.0, 4.0]))
+        grad_a, grad_b = torch.autograd.grad(value.sum(), (a, b))
+        torch.testing.assert_close(grad_a, torch.tensor([[2.0], [4.0]]))
+        torch.testing.assert_close(grad_b, -grad_a)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "electra"])
+def test_adversarial_term_perturbs_the_embedding_output_as_mt_dnn(kind, monkeypatch):
+    """With δ fixed, R_s and its gradients equal a computation by hand: the encoder called on
+    e + δ, and mt-dnn's symmetric KL with detached targets."""
+    model = _tiny(kind).eval()  # no dropout: both computations see the same function
+    batch = _tiny_batch()
+    smart = Smart(teacher=False, lambda_s=2.5)
+    set_up(smart, model, MNLI, frozenset())
+    width = model.config.embedding_size if kind == "electra" else model.config.hidden_size
+    delta = torch.randn(3, 7, width).requires_grad_()
+    monkeypatch.setattr(smart_module, "adversarial_perturbation", lambda *args: delta)
+
+    outputs = _main_pass(smart, model, batch)
+    outputs.logits.retain_grad()
+    adversarial = smart.loss(model, batch, outputs, torch.zeros(()))  # the term alone
+    adversarial.backward()
+
+    clean = outputs.logits.detach().requires_grad_()
+    expected_delta = delta.detach().clone().requires_grad_()
+    embedded = model.base_model.embeddings(input_ids=batch["input_ids"])
+    perturbed = _logits_from_the_embedding_output(model, batch, embedded + expected_delta)
+    expected = 2.5 * _mt_dnn_symmetric_kl(clean, perturbed)
+    expected.backward()
+    assert expected > 1e-3
+    torch.testing.assert_close(adversarial, expected)
+    torch.testing.assert_close(outputs.logits.grad, clean.grad)
+    torch.testing.assert_close(delta.grad, expected_delta.grad)
+
+
+@pytest.mark.parametrize("kind", ["bert", "electra"])
+def test_one_ascent_step_follows_the_formula_with_a_unit_inf_norm_per_token(kind):
+    model = _tiny(kind).eval()
+    batch = _tiny_batch()
+    inputs = _inputs(batch)
+    embedded = model.base_model.embeddings(input_ids=batch["input_ids"]).detach()
+    clean = model(**inputs).logits.detach()
     torch.manual_seed(1)
-    delta = adversarial_perturbation(model, embeds, inputs, clean, regression=False, sigma=1e-5,
-                                     eta=1e-3, steps=1)
+    delta = adversarial_perturbation(model, embedded, inputs, clean, regression=False,
+                                     sigma=1e-2, eta=1e-3, steps=1)
     assert all(p.grad is None for p in model.parameters())  # the ascent differentiates δ alone
     torch.testing.assert_close(delta.abs().amax(-1), torch.ones(delta.shape[:-1]))
 
     torch.manual_seed(1)
-    start = (1e-5 * torch.randn_like(embeds)).requires_grad_()
-    ascent = divergence(model(inputs_embeds=embeds + start, **inputs).logits, clean, False).sum()
+    start = (1e-2 * torch.randn_like(embedded)).requires_grad_()
+    p_log = _logits_from_the_embedding_output(model, batch, embedded + start).log_softmax(-1)
+    q_log = clean.log_softmax(-1)
+    ascent = ((p_log.exp() - q_log.exp()) * (p_log - q_log)).sum()
     (grad,) = torch.autograd.grad(ascent, start)
     step = start.detach() + 1e-3 * grad
     torch.testing.assert_close(delta, step / step.abs().amax(-1, keepdim=True))
+
+
+def _hooks(model) -> set[tuple[str, int]]:
+    return {(name, key) for name, module in model.named_modules()
+            for key in (*module._forward_hooks, *module._forward_pre_hooks)}
+
+
+def test_the_main_pass_embedding_output_is_caught_once_and_no_hook_outlives_training(minilm,
+                                                                                      rte_batch):
+    smart = Smart()
+    model = _setup(smart, minilm)
+    model.train()
+    model(**rte_batch, output_hidden_states=True)  # not armed: nothing caught
+    assert smart.embedded is None
+    transformers_own = _hooks(model)  # transformers keeps hooks that record hidden states
+    smart.before_forward(smart.state)
+    outputs = model(**rte_batch, output_hidden_states=True)
+    # The encoder's input, dropout of the embeddings included.
+    assert torch.equal(smart.embedded, outputs.hidden_states[0])
+    assert _hooks(model) == transformers_own  # the perturbed passes are not caught
+    smart.loss(model, rte_batch, outputs, outputs.loss)
+    assert smart.embedded is None  # not kept past the step
+    smart.before_forward(smart.state)  # armed for a pass that never comes
+    smart.after_training(smart.state)
+    assert _hooks(model) == transformers_own
 
 
 def test_ascent_raises_the_divergence_above_random_directions(minilm, rte_batch):
     model, _ = minilm
     model.eval()
     inputs = _inputs(rte_batch)
-    embeds = model.get_input_embeddings()(rte_batch["input_ids"])
-    clean = model(**rte_batch).logits
+    embedded = model.bert.embeddings(input_ids=rte_batch["input_ids"],
+                                     token_type_ids=rte_batch["token_type_ids"])
+    clean = model(**inputs).logits
 
     def divergence_at(delta):
         with torch.no_grad():
-            return divergence(model(inputs_embeds=embeds + delta, **inputs).logits, clean,
+            return divergence(smart_module.logits_at(model, inputs, embedded + delta), clean,
                               False).sum()
 
     # ℓ_s is flat at δ = 0, so with the default η the step barely moves δ₀: a large η lets the
     # gradient decide the direction, which must then be an ascent one.
-    delta = adversarial_perturbation(model, embeds, inputs, clean, False, 1e-5, eta=1e4, steps=1)
+    delta = adversarial_perturbation(model, embedded, inputs, clean, False, 1e-5, eta=1e4,
+                                     steps=1)
     random = [divergence_at(unit_inf_norm(torch.randn_like(delta))) for _ in range(3)]
     assert divergence_at(delta) > 5 * max(random)
 
@@ -95,22 +236,19 @@ def test_loss_without_teacher_is_task_loss_plus_lambda_times_the_adversarial_ter
     model = _setup(smart, minilm)
     assert smart.teacher is None
     model.eval()  # no dropout: the two computations below see the same function
-    outputs = model(**rte_batch)
-    outputs.logits.retain_grad()
+    outputs = _main_pass(smart, model, rte_batch)
     torch.manual_seed(1)
     loss = smart.loss(model, rte_batch, outputs, outputs.loss)
 
     torch.manual_seed(1)
     inputs = _inputs(rte_batch)
-    embeds = model.get_input_embeddings()(rte_batch["input_ids"])
-    delta = adversarial_perturbation(model, embeds, inputs, outputs.logits, False, 1e-5, 1e-3, 1)
-    perturbed = model(inputs_embeds=embeds + delta, **inputs).logits
-    expected = outputs.loss + 2.5 * divergence(perturbed, outputs.logits, False).mean()
+    embedded = model.bert.embeddings(input_ids=rte_batch["input_ids"],
+                                     token_type_ids=rte_batch["token_type_ids"])
+    delta = adversarial_perturbation(model, embedded, inputs, outputs.logits, False, 1e-5, 1e-3,
+                                     1)
+    perturbed = smart_module.logits_at(model, inputs, embedded + delta)
+    expected = outputs.loss + 2.5 * _mt_dnn_symmetric_kl(outputs.logits, perturbed)
     torch.testing.assert_close(loss, expected)
-    # The adversarial term alone sends gradient into the clean logits: both sides are
-    # differentiated in the final term.
-    (loss - outputs.loss).backward()
-    assert outputs.logits.grad.abs().sum() > 0
 
 
 def test_regression_tasks_get_the_squared_error(stsb_data):
@@ -121,18 +259,20 @@ def test_regression_tasks_get_the_squared_error(stsb_data):
     set_up(smart, model, stsb, head)
     model.eval()
     batch = stsb_data.train.collate(list(range(8)), pad_id=0)
-    outputs = model(**batch)
+    outputs = _main_pass(smart, model, batch)
     torch.manual_seed(1)
-    # float32 loss minus float32 loss: the difference keeps about four significant digits
-    adversarial = smart.loss(model, batch, outputs, outputs.loss) - outputs.loss
+    # A task loss of 0 leaves the term alone: a difference of two losses in float32 would
+    # keep few of its digits.
+    adversarial = smart.loss(model, batch, outputs, torch.zeros(()))
     torch.manual_seed(1)
     inputs = _inputs(batch)
-    embeds = model.get_input_embeddings()(batch["input_ids"])
-    delta = adversarial_perturbation(model, embeds, inputs, outputs.logits, True, 1e-5, 1e-3, 1)
-    perturbed = model(inputs_embeds=embeds + delta, **inputs).logits
-    expected = (perturbed - outputs.logits).square().mean()
+    embedded = model.bert.embeddings(input_ids=batch["input_ids"],
+                                     token_type_ids=batch["token_type_ids"])
+    delta = adversarial_perturbation(model, embedded, inputs, outputs.logits, True, 1e-5, 1e-3, 1)
+    perturbed = smart_module.logits_at(model, inputs, embedded + delta)
+    expected = F.mse_loss(outputs.logits, perturbed)
     assert expected > 0
-    assert adversarial.item() == pytest.approx(expected.item(), rel=1e-3)
+    torch.testing.assert_close(adversarial, expected)
 
 
 def test_teacher_term_is_mu_times_the_divergence_to_the_teacher(minilm, rte_batch):
@@ -143,9 +283,9 @@ def test_teacher_term_is_mu_times_the_divergence_to_the_teacher(minilm, rte_batc
         for p in model.parameters():
             p.add_(torch.randn_like(p), alpha=1e-2)
     model.eval()
-    outputs = model(**rte_batch)
     losses = []
     for smart in (on, off):
+        outputs = _main_pass(smart, model, rte_batch)
         torch.manual_seed(1)
         losses.append(smart.loss(model, rte_batch, outputs, outputs.loss))
     teacher_logits = on.teacher(**rte_batch).logits
@@ -161,7 +301,7 @@ def test_perturbed_passes_train_like_the_main_pass_and_the_teacher_stays_frozen(
     model.train()
     modes = []
     model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
-    outputs = model(**rte_batch)
+    outputs = _main_pass(smart, model, rte_batch)
     smart.loss(model, rte_batch, outputs, outputs.loss).backward()
     assert modes == [True] * 3  # main pass, one ascent step, the final perturbed pass
     assert not smart.teacher.training
@@ -180,6 +320,13 @@ def test_teacher_follows_the_momentum_update_exactly(minilm):
         pairs = zip(smart.teacher.parameters(), model.parameters(), strict=True)
         for old, (new, student) in zip(before, pairs, strict=True):
             torch.testing.assert_close(new, 0.9 * old + 0.1 * student)
+
+
+def test_rejects_models_without_an_embedding_layer():
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(vocab_size=32, n_embd=8, n_layer=1,
+                                                    n_head=2))
+    with pytest.raises(RegbenchError, match="cannot find the embedding layer"):
+        set_up(Smart(), gpt2, RTE)
 
 
 def test_declares_its_cost_and_search_space():
