@@ -22,7 +22,7 @@ from regbench.tasks import get_task
 # first step; llrd's groups only split AdamW's update into one call per depth.
 TARGETS = {"vanilla": 1.0, "weight_decay": 1.05, "l2sp": 1.15, "mixout": 1.3, "lnsr": 2.1,
            "smart": 3.5, "rdrop": 2.1, "reinit": 1.05, "noisytune": 1.05, "llrd": 1.05,
-           "childtuning_d": 1.05, "recadam": 1.1, "ema": 1.1}
+           "childtuning_d": 1.05, "recadam": 1.1, "ema": 1.1, "r3f": 2.1}
 BATCHES, ROUNDS = 4, 3
 # fp32, as every earlier figure; the schedule long enough that no step runs at a rate of 0.
 RECIPE = Recipe(precision="fp32", epochs=0, min_steps=1000)

@@ -37,7 +37,8 @@ def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     if not isinstance(layers, torch.nn.ModuleList):
         raise RegbenchError(
             f"Cannot find the encoder layers of {type(model).__name__}: regbench looks for "
-            "`base_model.encoder.layer`, as BERT-family models have. Pick a BERT-family model."
+            "`base_model.encoder.layer`, as BERT-family models have. Pick a BERT-family model, "
+            "or a regularizer that does not act on layers."
         )
     return layers
 

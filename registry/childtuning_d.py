@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 
+from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-from regbench.registry.lnsr import encoder_layers
 
 
 def fisher_information(model: torch.nn.Module, parameters: list[torch.nn.Parameter],

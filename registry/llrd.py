@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 
+from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer
-from regbench.registry.lnsr import encoder_layers
 
 
 class LLRD(Regularizer):

@@ -11,22 +11,11 @@ import torch
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from regbench.errors import RegbenchError
+from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
 
 NOISE_KINDS = ("relative", "absolute")
-
-
-def encoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The transformer layers of a BERT-family model (BERT, RoBERTa, ELECTRA and their kin)."""
-    layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise RegbenchError(
-            f"This regularizer cannot find the encoder layers of {type(model).__name__}: it "
-            "looks for `base_model.encoder.layer`, as BERT-family models have. Pick a "
-            "BERT-family model or another regularizer."
-        )
-    return layers
 
 
 def logits_head(model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],

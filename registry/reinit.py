@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import torch
 from optuna.distributions import BaseDistribution, IntDistribution
 
+from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-from regbench.registry.lnsr import encoder_layers
 
 
 @contextmanager

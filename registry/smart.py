@@ -64,6 +64,33 @@ def logits_at(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
         hook.remove()
 
 
+class EmbeddingOutput:
+    """The embedding layer's output in the next forward pass: `arm` before the main pass, `take`
+    it in `loss`; the perturbed passes that follow replace that output, so only the main pass is
+    caught."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.layer = embedding_layer(model)
+        self.output: torch.Tensor | None = None
+        self.hook: RemovableHandle | None = None
+
+    def arm(self) -> None:
+        self.hook = self.layer.register_forward_hook(self._catch)
+
+    def _catch(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.output = output
+        self.close()
+
+    def take(self) -> torch.Tensor:
+        output, self.output = self.output, None  # not kept past the step
+        return output
+
+    def close(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+
 def adversarial_perturbation(model: torch.nn.Module, embedded: torch.Tensor,
                              inputs: dict[str, torch.Tensor], clean_logits: torch.Tensor,
                              regression: bool, sigma: float, eta: float,
@@ -121,9 +148,7 @@ class Smart(Regularizer):
 
     def setup(self, model: torch.nn.Module, context: State) -> None:
         self.regression = context.task.is_regression
-        self.embeddings = embedding_layer(model)
-        self.embedded: torch.Tensor | None = None
-        self.capture: RemovableHandle | None = None
+        self.embedded = EmbeddingOutput(model)
         self.teacher: torch.nn.Module | None = None
         if self.params["teacher"]:
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -131,17 +156,12 @@ class Smart(Regularizer):
             self._teacher_params = list(self.teacher.parameters())
 
     def before_forward(self, state: State) -> None:
-        # For the main pass alone: the perturbed passes replace this output.
-        self.capture = self.embeddings.register_forward_hook(self._capture)
-
-    def _capture(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.embedded = output
-        self.capture.remove()
+        self.embedded.arm()
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
              task_loss: torch.Tensor) -> torch.Tensor:
         p = self.params
-        embedded, self.embedded = self.embedded, None  # not kept past the step
+        embedded = self.embedded.take()
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         delta = adversarial_perturbation(model, embedded, inputs, outputs.logits, self.regression,
                                          p["sigma"], p["eta"], p["K"])
@@ -162,6 +182,4 @@ class Smart(Regularizer):
                                  1.0 - self.params["beta"])
 
     def after_training(self, state: State) -> None:
-        if self.capture is not None:
-            self.capture.remove()  # armed for a pass that never came
-        self.embedded = None
+        self.embedded.close()  # armed for a pass that never came

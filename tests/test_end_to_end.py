@@ -35,7 +35,7 @@ def test_trains_and_differs_from_vanilla(name, task, request, tiny_recipe, vanil
 
 
 @pytest.mark.parametrize("name", ["rdrop", "reinit", "noisytune", "llrd", "childtuning_d",
-                                  "recadam", "ema"])
+                                  "recadam", "ema", "r3f"])
 def test_the_more_methods_train_end_to_end_with_their_defaults(name, rte_data, tiny_recipe):
     result = fine_tune(rte_data, build(name), seed=0, recipe=tiny_recipe, progress=False)
     assert result.status == "finished" and result.steps == 4

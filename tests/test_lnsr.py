@@ -197,7 +197,7 @@ def test_loss_adds_lambda_times_the_penalty(minilm, rte_batch):
 def test_rejects_what_it_cannot_do(minilm):
     distilbert = DistilBertForSequenceClassification(DistilBertConfig(
         vocab_size=32, dim=16, hidden_dim=32, n_layers=1, n_heads=2))
-    with pytest.raises(RegbenchError, match="cannot find the encoder layers"):
+    with pytest.raises(RegbenchError, match="Cannot find the encoder layers"):
         set_up(LNSR(), distilbert, RTE)
     with pytest.raises(RegbenchError, match="inject_layer must be in 0..5"):
         set_up(LNSR(inject_layer=LAYERS), minilm[0], RTE)

@@ -195,15 +195,15 @@ def test_the_main_pass_embedding_output_is_caught_once_and_no_hook_outlives_trai
     model = _setup(smart, minilm)
     model.train()
     model(**rte_batch, output_hidden_states=True)  # not armed: nothing caught
-    assert smart.embedded is None
+    assert smart.embedded.output is None
     transformers_own = _hooks(model)  # transformers keeps hooks that record hidden states
     smart.before_forward(smart.state)
     outputs = model(**rte_batch, output_hidden_states=True)
     # The encoder's input, dropout of the embeddings included.
-    assert torch.equal(smart.embedded, outputs.hidden_states[0])
+    assert torch.equal(smart.embedded.output, outputs.hidden_states[0])
     assert _hooks(model) == transformers_own  # the perturbed passes are not caught
     smart.loss(model, rte_batch, outputs, outputs.loss)
-    assert smart.embedded is None  # not kept past the step
+    assert smart.embedded.output is None  # not kept past the step
     smart.before_forward(smart.state)  # armed for a pass that never comes
     smart.after_training(smart.state)
     assert _hooks(model) == transformers_own

@@ -6,7 +6,7 @@ from regbench.suite import builtin_suites, load_suite, override, parse_suite
 
 QUICKSTART = ["vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr"]
 GLUE_SMALL = [*QUICKSTART, "rdrop", "reinit", "noisytune", "llrd", "childtuning_d", "recadam",
-              "ema"]
+              "ema", "r3f"]
 
 
 def test_builtin_suites_follow_the_protocol():
