@@ -468,7 +468,8 @@ def describe_device(device: torch.device) -> str:
         with open("/proc/cpuinfo") as info:
             model = next((line.split(":", 1)[1].strip() for line in info
                           if line.startswith("model name")), model)
-    return f"cpu ({model}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({model}, {threads} thread{'s' if threads > 1 else ''})"
 
 
 def task_costs(suite: Suite, device: torch.device,
