@@ -10,13 +10,13 @@ import time
 import datasets
 import pytest
 import torch
+from measure import harness_seconds
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from regbench.features import task_data
-from regbench.harness import fine_tune, mixed_precision
+from regbench.harness import mixed_precision
 from regbench.modeling import load_model, load_tokenizer
 from regbench.recipe import Recipe
-from regbench.registry.vanilla import Vanilla
 from regbench.tasks import get_task
 
 N_TRAIN, STEPS, ROUNDS = 256, 32, 2
@@ -44,30 +44,21 @@ def _trainer_seconds(data, tmp_path, group_by_length: bool) -> float:
     return time.perf_counter() - started
 
 
-def _harness_seconds(data) -> float:
-    # The harness's figure includes what the Trainer's leaves out: loading the model and one
-    # evaluation of the validation half (a tuning run: no test, so no noise-stability measure).
-    started = time.perf_counter()
-    result = fine_tune(data, Vanilla(), seed=1, recipe=RECIPE, progress=False, test=False)
-    assert result.status == "finished" and result.steps == STEPS
-    return time.perf_counter() - started
-
-
 @pytest.mark.benchmark(group="throughput")
 def test_harness_vs_trainer(benchmark, glue_dir, tmp_path):
     data = task_data(get_task("rte"), N_TRAIN, 0, "minilm", RECIPE.max_length, glue_dir)
     examples = STEPS * RECIPE.batch_size
-    _harness_seconds(data)  # warm-up: first-call costs of torch's kernels
+    harness_seconds(data, RECIPE)  # warm-up: first-call costs of torch's kernels
     seconds = {"harness": [], "trainer": [], "trainer_grouped": []}
     for _ in range(ROUNDS):  # alternate, so drifting machine load hits all alike
         seconds["trainer"].append(_trainer_seconds(data, tmp_path, group_by_length=False))
         seconds["trainer_grouped"].append(_trainer_seconds(data, tmp_path, group_by_length=True))
-        seconds["harness"].append(_harness_seconds(data))
+        seconds["harness"].append(harness_seconds(data, RECIPE))
     rate = {name: examples / min(times) for name, times in seconds.items()}
     benchmark.extra_info.update({f"{name}_examples_per_s": r for name, r in rate.items()})
     benchmark.extra_info.update({"speedup": rate["harness"] / rate["trainer"],
                                  "fair_speedup": rate["harness"] / rate["trainer_grouped"]})
-    benchmark.pedantic(_harness_seconds, args=(data,), rounds=1, iterations=1)
+    benchmark.pedantic(harness_seconds, args=(data, RECIPE), rounds=1, iterations=1)
     print(f"\nharness {rate['harness']:.1f} ex/s, Trainer {rate['trainer']:.1f} ex/s "
           f"({rate['harness'] / rate['trainer']:.2f}x), Trainer grouped by length "
           f"{rate['trainer_grouped']:.1f} ex/s ({rate['harness'] / rate['trainer_grouped']:.2f}x)")

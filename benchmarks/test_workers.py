@@ -4,12 +4,11 @@ database costs each run (claims, heartbeat, store, studies), on SQLite and on Po
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
+from measure import runs_per_hour
 
 from regbench.features import task_data
 from regbench.modeling import load_model
@@ -19,12 +18,12 @@ from regbench.suite import load_suite
 from regbench.tasks import get_task
 
 # Untuned, so that one worker and two do the same runs: RTE, N = 64, three regularizers, four
-# seeds, max length 64: runs of a few seconds, as the quickstart's.
+# seeds, max length 64: runs of a few seconds, as the quickstart's. Smaller than
+# `measure.worker_suite`, which is sized for a GPU.
 SUITE = {"name": "bench", "tasks": ["rte"], "sizes": [64], "final_seeds": [1, 2, 3, 4],
          "regularizers": ["vanilla", "weight_decay", "l2sp"], "tuning": {"trials": 0},
          "recipe": {"epochs": 1, "min_steps": 16, "batch_size": 8, "max_length": 64,
                     "evaluations": 1}}
-RUNS = 12
 
 
 @pytest.fixture
@@ -34,25 +33,14 @@ def suite_file(tmp_path):
     return path
 
 
-def _runs_per_hour(workers: int, url: str, suite_file, glue_dir) -> float:
-    """`workers` processes share the suite, each with its share of the cores: runs over the wall
-    time to the last one's end."""
-    command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite_file),
-               "--storage", url, "--data-dir", str(glue_dir), "--heartbeat-timeout", "20"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, os.cpu_count() // workers))}
-    started = time.perf_counter()
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL) for _ in range(workers)]
-    assert [p.wait() for p in processes] == [0] * workers
-    return RUNS / (time.perf_counter() - started) * 3600
-
-
 @pytest.mark.benchmark(group="workers")
-def test_two_workers_against_one(benchmark, new_postgres_database, suite_file, glue_dir):
+def test_two_workers_against_one(benchmark, new_postgres_database, glue_dir):
     rates = {1: [], 2: []}
     for round_, workers in enumerate((1, 2, 1, 2)):  # alternate: drifting load hits both alike
-        url = new_postgres_database(f"throughput_{round_}")
-        rates[workers].append(_runs_per_hour(workers, url, suite_file, glue_dir))
+        rate = runs_per_hour(workers, new_postgres_database(f"throughput_{round_}"), SUITE,
+                             glue_dir)
+        assert rate.runs == 12 and not rate.failed
+        rates[workers].append(rate.runs_per_hour)
     one, two = max(rates[1]), max(rates[2])
     benchmark.extra_info.update({"runs_per_hour_1": one, "runs_per_hour_2": two,
                                  "ratio": two / one})

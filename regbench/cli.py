@@ -146,19 +146,23 @@ def cmd_run(args) -> None:
     storage = storage_url(suite.name, args.storage)
     Param(300.0, gt=0).validate(args.heartbeat_timeout, "--heartbeat-timeout")
     if args.dry_run:
-        plan = Plan.of(suite)
+        from regbench.harness import mixed_precision, pick_device
+        from regbench.runner import describe_device
+
+        plan, device = Plan.of(suite), pick_device(args.device)
         plan.prepare_data(args.data_dir)
-        log.info("timing two short runs per task on this machine for the estimate")
+        precision = "bf16 autocast" if mixed_precision(suite.recipe.precision, device) else "fp32"
+        log.info("timing two short runs per task on %s for the estimate", device)
         seconds = estimate_seconds(plan, args.device, args.data_dir)
         rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
-                 plan.tuning_runs(c), len(suite.final_seeds),
-                 seconds[c] * (plan.tuning_runs(c) + len(suite.final_seeds)) / 60]
+                 plan.tuning_runs(c), len(suite.final_seeds), seconds[c] * plan.runs(c) / 60]
                 for c in plan.cells]
         print(tabulate(rows, headers=["regularizer", "task", "N", "trials", "tuning runs",
                                       "final runs", "minutes"], floatfmt=".1f"))
         total = sum(r[-1] for r in rows)
         print(f"\n{len(plan.cells)} studies, {plan.total_runs()} runs, about {total:.0f} minutes "
-              f"without pruning or cached runs; results in {storage}")
+              f"for one worker on {describe_device(device)} in {precision}, without pruning or "
+              f"cached runs; results in {storage}")
         return
     if args.storage is None:
         Path("runs").mkdir(exist_ok=True)  # the default store's folder

@@ -4,9 +4,11 @@ runners that share the storage share the work."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import platform
 import statistics
 import time
 import traceback
@@ -102,11 +104,11 @@ class Plan:
     def tuning_runs(self, cell: Cell) -> int:
         return self.suite.tuning.trials * len(self.suite.tuning_seeds) if self.space(cell) else 0
 
-    def final_runs(self) -> int:
-        return len(self.cells) * len(self.suite.final_seeds)
+    def runs(self, cell: Cell) -> int:
+        return self.tuning_runs(cell) + len(self.suite.final_seeds)
 
     def total_runs(self) -> int:
-        return sum(map(self.tuning_runs, self.cells)) + self.final_runs()
+        return sum(map(self.runs, self.cells))
 
 
 class RunFailed(Exception):
@@ -374,8 +376,8 @@ class SuiteRunner:
         params = self._tuned[cell]
         if params is not None and not self._final_runs(cell, params):
             return False
-        self._advance(cell, self.plan.tuning_runs(cell) + len(self.suite.final_seeds)
-                      - self._counted.get(cell, 0))  # what other workers did, or skipped runs
+        # What other workers did, or skipped runs.
+        self._advance(cell, self.plan.runs(cell) - self._counted.get(cell, 0))
         return True
 
     def run(self) -> Tally:
@@ -457,26 +459,57 @@ def _last_line(text: str | None) -> str:
     return lines[-1] if lines else "no error recorded"
 
 
-def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = None) -> dict:
-    """Seconds per run of each cell, from two short vanilla runs per task on this device: their
-    difference gives the time of a step, the rest the fixed cost (loading, evaluation)."""
-    suite, target = plan.suite, pick_device(device)
+def describe_device(device: torch.device) -> str:
+    """The device as a person knows it: the card's name, or the CPU's model and threads."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    model = platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info
+                          if line.startswith("model name")), model)
+    threads = torch.get_num_threads()
+    return f"cpu ({model}, {threads} thread{'s' if threads > 1 else ''})"
+
+
+def task_costs(suite: Suite, device: torch.device,
+               data_dir: str | None = None) -> dict[str, tuple[float, float]]:
+    """Each task's seconds per vanilla step and fixed seconds a run (loading, evaluation) on
+    `device`, from two short runs whose difference gives the time of a step."""
+    # A GPU step is some hundred times quicker than a CPU's: the longer run needs more steps for
+    # the difference to stand above the noise of the fixed cost.
+    short, long = (2, 6) if device.type == "cpu" else (10, 60)
     vanilla = build("vanilla")
-    per_step, fixed = {}, {}
-    for name in suite.tasks:
-        task = get_task(name)
-        data = task_data(task, max(suite.sizes), suite.data_seed, suite.model,
+    costs = {}
+    for i, name in enumerate(suite.tasks):
+        data = task_data(get_task(name), max(suite.sizes), suite.data_seed, suite.model,
                          suite.recipe.max_length, data_dir)
         timings = []
-        for steps in (2, 6):
+        # The first run of a process pays for the kernels' first calls (on a GPU, for its
+        # context too): an untimed one takes that cost out of the first task's figures.
+        for steps in (1, short, long) if i == 0 else (short, long):
             recipe = Recipe.from_dict({**suite.recipe.as_dict(), "epochs": 0, "min_steps": steps})
-            timings.append(fine_tune(data, vanilla, 0, suite.model, recipe, target,
+            timings.append(fine_tune(data, vanilla, 0, suite.model, recipe, device,
                                      progress=False).seconds)
-        per_step[name] = max(timings[1] - timings[0], 1e-3) / 4
-        fixed[name] = max(timings[0] - 2 * per_step[name], 0.0)
+        per_step = max(timings[-1] - timings[-2], 1e-3) / (long - short)
+        costs[name] = per_step, max(timings[-2] - short * per_step, 0.0)
+    return costs
+
+
+def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = None,
+                     step_costs: dict[str, float] | None = None,
+                     costs: dict[str, tuple[float, float]] | None = None) -> dict[Cell, float]:
+    """Seconds per run of each cell on `device`: its task's fixed cost and vanilla step time
+    (`costs`, measured by `task_costs` unless given), the steps scaled by the regularizer's cost
+    against vanilla: `step_costs` where measured (benchmarks/gpu.py), else the plugin's declared
+    `1 + extra_passes()`."""
+    suite = plan.suite
+    costs = costs or task_costs(suite, pick_device(device), data_dir)
     estimates = {}
     for cell in plan.cells:
-        cost = 1 + build(cell.regularizer, suite.regularizers[cell.regularizer]).extra_passes()
-        steps = suite.recipe.total_steps(cell.size)
-        estimates[cell] = fixed[cell.task] + steps * per_step[cell.task] * cost
+        cost = (step_costs or {}).get(cell.regularizer)
+        if cost is None:
+            cost = 1 + build(cell.regularizer, suite.regularizers[cell.regularizer]).extra_passes()
+        per_step, fixed = costs[cell.task]
+        estimates[cell] = fixed + suite.recipe.total_steps(cell.size) * per_step * cost
     return estimates

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,10 +9,15 @@ import optuna
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import torch
+import yaml
 from optuna.trial import TrialState
 
+from regbench import runner
+from regbench.cli import main
 from regbench.errors import RegbenchError
-from regbench.runner import Plan, SuiteRunner
+from regbench.harness import RunResult
+from regbench.runner import Plan, SuiteRunner, estimate_seconds, task_costs
 from regbench.store import Store
 from regbench.suite import Cell, load_suite, parse_suite
 from regbench.tuning import open_study
@@ -205,11 +211,63 @@ def test_plan_counts_runs():
     plan = Plan.of(tiny_suite(sizes=[16, 32], tuning_seeds=[101, 102]))
     assert len(plan.cells) == 4 and len(plan.tuned) == 2  # vanilla has nothing to tune
     assert plan.total_runs() == 2 * 2 * 2 + 4 * 2
+    assert plan.runs(Cell("weight_decay", "rte", 16)) == 2 * 2 + 2  # trials × seeds + finals
+    assert plan.runs(Cell("vanilla", "rte", 16)) == 2
 
 
 def test_zero_trials_tune_nothing():
     plan = Plan.of(tiny_suite(tuning={"trials": 0}))
     assert not plan.tuned and plan.total_runs() == 2 * 2
+
+
+def _timed_runs(monkeypatch, first_call: float = 60.0) -> list[int]:
+    """Runs that take 3 s and 0.5 s a step, but the first of the process, which pays for the
+    kernels' first calls; the steps of every run are recorded."""
+    steps = []
+
+    def fine_tune(data, regularizer, seed, model, recipe, device, **_):
+        steps.append(recipe.total_steps(len(data.train)))
+        slow = first_call if len(steps) == 1 else 0.0
+        return RunResult("finished", steps=steps[-1], seconds=slow + 3.0 + 0.5 * steps[-1])
+
+    monkeypatch.setattr(runner, "fine_tune", fine_tune)
+    return steps
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_task_costs_split_a_run_into_its_steps_and_a_fixed_cost(monkeypatch, glue_dir, device):
+    steps = _timed_runs(monkeypatch)
+    suite = tiny_suite(tasks=["rte", "stsb"])
+    costs = task_costs(suite, torch.device(device), str(glue_dir))
+    assert costs == {"rte": pytest.approx((0.5, 3.0)), "stsb": pytest.approx((0.5, 3.0))}
+    # An untimed run first; on a GPU, longer runs, as its steps are short against the noise.
+    assert steps == ([1, 2, 6, 2, 6] if device == "cpu" else [1, 10, 60, 10, 60])
+
+
+def test_estimate_scales_the_steps_by_each_regularizers_cost():
+    plan = Plan.of(tiny_suite(regularizers=["vanilla", "lnsr", "weight_decay"],
+                              recipe={**TINY_RECIPE, "min_steps": 40}))
+    seconds = estimate_seconds(plan, costs={"rte": (0.5, 3.0)},
+                               step_costs={"vanilla": 1.0, "lnsr": 1.8})
+    assert seconds[Cell("vanilla", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5)
+    assert seconds[Cell("lnsr", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5 * 1.8)
+    # Not measured: its declared cost, no extra pass.
+    assert seconds[Cell("weight_decay", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5)
+
+
+def test_dry_run_says_which_device_and_precision_it_estimates(monkeypatch, glue_dir, tmp_path,
+                                                              capsys):
+    _timed_runs(monkeypatch)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["rte"], "sizes": [16], "final_seeds": [1, 2],
+                                    "regularizers": ["vanilla"],
+                                    "recipe": {**TINY_RECIPE, "precision": "fp32"}}))
+    assert main(["run", "--suite", str(path), "--dry-run", "--device", "cpu", "--data-dir",
+                 str(glue_dir), "--storage", f"sqlite:///{tmp_path / 'tiny.db'}"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"2 runs, about 0 minutes for one worker on cpu \(.+, \d+ threads?\) in fp32",
+                     out)
+    assert not (tmp_path / "tiny.db").exists()
 
 
 def _write_suite(tmp_path, seeds):
