@@ -21,6 +21,7 @@ from regbench.runner import Plan, SuiteRunner, estimate_seconds, task_costs
 from regbench.store import Store
 from regbench.suite import Cell, load_suite, parse_suite
 from regbench.tuning import open_study
+from regbench.workers import Claim, Worker
 
 TINY_RECIPE = {"epochs": 1, "min_steps": 0, "batch_size": 8, "max_length": 32, "evaluations": 1}
 
@@ -153,9 +154,10 @@ CURVES = {
 }
 
 
-def _tuning_study(tmp_path, monkeypatch, trials: int):
+def _tuning_study(tmp_path, monkeypatch, request, trials: int):
     """A real study of weight_decay on two tuning seeds with four evaluations each, whose runs
-    report the scores of CURVES; `tell(weight_decay)` runs one trial and gives it back."""
+    report the scores of CURVES, run by a worker holding the trial's claim; `tell(weight_decay)`
+    runs one trial and gives it back."""
     suite = tiny_suite(regularizers=["weight_decay"], tuning_seeds=[101, 102],
                        tuning={"trials": trials, "pruner": "median"},
                        recipe={**TINY_RECIPE, "evaluations": 4})
@@ -170,6 +172,9 @@ def _tuning_study(tmp_path, monkeypatch, trials: int):
         return {"status": "finished", "validation_score": curve[-1], "error": None}
 
     monkeypatch.setattr(runner, "run_one", run_one)
+    runner.worker = Worker(runner.store.engine)
+    request.addfinalizer(runner.worker.close)
+    assert runner.worker.claim("claim") is Claim.OURS
     study = open_study(runner.studies, runner.plan.study_name(cell), suite.tuning, 4, 2)
 
     def tell(weight_decay: float) -> optuna.trial.FrozenTrial:
@@ -181,8 +186,9 @@ def _tuning_study(tmp_path, monkeypatch, trials: int):
     return tell
 
 
-def test_the_pruner_compares_running_means_at_the_same_point_of_training(tmp_path, monkeypatch):
-    tell = _tuning_study(tmp_path, monkeypatch, trials=10)
+def test_the_pruner_compares_running_means_at_the_same_point_of_training(tmp_path, monkeypatch,
+                                                                         request):
+    tell = _tuning_study(tmp_path, monkeypatch, request, trials=10)
     defaults = tell(0.01)
     # Seed 101's scores at steps 1-4, then the mean of both seeds' at steps 5-8.
     assert defaults.intermediate_values == pytest.approx(
@@ -201,8 +207,8 @@ def test_the_pruner_compares_running_means_at_the_same_point_of_training(tmp_pat
 
 
 def test_a_small_budget_is_not_decided_by_one_comparison_with_the_defaults(tmp_path,
-                                                                             monkeypatch):
-    tell = _tuning_study(tmp_path, monkeypatch, trials=2)
+                                                                             monkeypatch, request):
+    tell = _tuning_study(tmp_path, monkeypatch, request, trials=2)
     tell(0.01)
     assert tell(0.3).state == TrialState.COMPLETE  # below the defaults all along, yet run out
 
