@@ -85,9 +85,11 @@ class StepCosts:
 def step_costs(glue_dir: str | Path, device: torch.device, recipe: Recipe, batches: int = 4,
                rounds: int = 3, regularizers: list[str] | None = None) -> StepCosts:
     """The harness's own `training_step` of each regularizer (every built-in unless named) on the
-    same real RTE batches at the recipe's batch size and max length, interleaved round by round
-    after a warm-up, so that drifting load falls on all alike. A regularizer that raises is left
-    out with its error, and the others are measured."""
+    same real RTE batches at the recipe's batch size and max length, interleaved round by round,
+    so that drifting load falls on all alike. Each measure sets its regularizer up afresh and
+    warms it up with one step: one model alive at a time, as in a run (with fourteen alive at
+    once, a 2-core machine's steps slowed down the later the model was built, by up to 20×). A
+    regularizer that raises is left out with its error, and the others are measured."""
     task = get_task("rte")
     data = task_data(task, recipe.batch_size * batches, 0, EMBEDDED_MODEL, recipe.max_length,
                      str(glue_dir))
@@ -95,46 +97,37 @@ def step_costs(glue_dir: str | Path, device: torch.device, recipe: Recipe, batch
     on_device = [{k: v.to(device) for k, v in data.train.collate(
         list(range(i * recipe.batch_size, (i + 1) * recipe.batch_size)), pad_id).items()}
         for i in range(batches)]
-    setups, errors = {}, {}
+    errors: dict[str, str] = {}
+
+    def step(regularizer, state, batch) -> None:
+        state.batch = batch
+        if not math.isfinite(training_step(state, regularizer)):
+            raise RuntimeError("the training loss is not finite")  # a step left half-done
 
     def timed(name: str) -> float:
-        regularizer, state = setups[name]
-        _synchronize(device)
-        started = time.perf_counter()
-        for batch in on_device:
-            state.batch = batch
-            if not math.isfinite(training_step(state, regularizer)):
-                raise RuntimeError("the training loss is not finite")  # a step left half-done
-        _synchronize(device)
-        return (time.perf_counter() - started) / batches
-
-    def prepare(name: str) -> None:
         model, head = load_model(EMBEDDED_MODEL, task, seed=1)
         model.to(device).train()
         regularizer = build(name, OPTIONS.get(name, {}))
         # The batches are the training split a plugin may read in its setup.
-        setups[name] = regularizer, set_up(regularizer, model, task, head, recipe, device,
-                                           n_train=len(data.train),
-                                           read_training=lambda: iter(on_device))
-        timed(name)  # warm-up: first-call costs of every kernel it uses
+        state = set_up(regularizer, model, task, head, recipe, device, n_train=len(data.train),
+                       read_training=lambda: iter(on_device))
+        step(regularizer, state, on_device[0])  # warm-up: first-call costs of its kernels
+        _synchronize(device)
+        started = time.perf_counter()
+        for batch in on_device:
+            step(regularizer, state, batch)
+        _synchronize(device)
+        return (time.perf_counter() - started) / batches
 
-    def attempt(action, name: str) -> float | None:
-        try:
-            return action(name)
-        except Exception as err:  # one plugin's failure is a finding, not the end of the rest
-            errors[name] = f"{type(err).__name__}: {err}"
-            setups.pop(name, None)
-            return None
-
-    for name in regularizers or builtins():
-        attempt(prepare, name)
-    seconds = {name: [] for name in setups}
+    seconds: dict[str, list[float]] = {name: [] for name in regularizers or builtins()}
     for _ in range(rounds):
-        for name in list(setups):
-            measured = attempt(timed, name)
-            if measured is not None:
-                seconds[name].append(measured)
-    return StepCosts({name: statistics.median(seconds[name]) for name in setups}, errors)
+        for name in [n for n in seconds if n not in errors]:
+            try:
+                seconds[name].append(timed(name))
+            except Exception as err:  # one plugin's failure is a finding, not the end of the rest
+                errors[name] = f"{type(err).__name__}: {err}"
+    return StepCosts({name: statistics.median(s) for name, s in seconds.items()
+                      if name not in errors}, errors)
 
 
 # -- (c) the runs an hour of several workers on one device ---------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from regbench.errors import RegbenchError
@@ -23,6 +24,7 @@ from regbench.stats import (
     describe,
     holm,
     rank,
+    spearman,
     t_interval,
     wilcoxon,
 )
@@ -41,11 +43,12 @@ STATS = ["mean", "std", "min", "max", "q25", "q75", "iqr"]
 METRIC_NAMES = {"accuracy": "accuracy", "f1_accuracy": "mean of F1 and accuracy",
                 "mcc": "Matthews correlation", "pearson_spearman": "mean of Pearson and Spearman r"}
 # Leaderboard.runs: RUN, then these.
-_RUN_COLUMNS = ["status", "test_score", "score", "failure", "params", "regularizer_version",
-                "distribution", "data_seed", "steps", "seconds", "peak_memory_mb", "error"]
+_RUN_COLUMNS = ["status", "test_score", "score", "failure", "noise", "params",
+                "regularizer_version", "distribution", "data_seed", "steps", "seconds",
+                "peak_memory_mb", "error"]
 _STORE_COLUMNS = [*RUN, "phase", "status", "test_score", "params", "regularizer_version",
                   "data_seed", "steps", "seconds", "peak_memory_mb", "error", "provenance",
-                  "finished_at"]
+                  "finished_at", "noise_stability"]
 _VERSIONS = ("regbench", "torch", "transformers", "python", "git_commit", "device", "bf16",
              "cpu", "gpu")
 
@@ -101,6 +104,7 @@ def build(frame: pd.DataFrame, expected: pd.DataFrame | None, baselines: dict[st
     cells["in_overall"] = _within(cells, block)
     provenance = _provenance(runs, superseded, unplanned, _tuning_runs(frame, runs), cells)
     provenance["baselines"] = {task: baselines[task] for task in cells.task.unique()}
+    provenance["noise_stability"] = noise_correlations(runs)
     runs = runs.sort_values(RUN, key=_task_order, ignore_index=True)[[*RUN, *_RUN_COLUMNS]]
     return Leaderboard(cells, overall, runs, dict(meta or {}), provenance)
 
@@ -154,6 +158,10 @@ def _planned_runs(final: pd.DataFrame, expected: pd.DataFrame | None,
     runs["params"] = runs.params.map(lambda p: json.dumps(p, sort_keys=True), na_action="ignore")
     runs["distribution"] = runs.provenance.map(lambda p: p.get("distribution"),
                                                na_action="ignore")
+    # The noise-stability summary of a finished run: the last layer's relative change for noise
+    # at the embedding output (regbench.noise_stability).
+    runs["noise"] = runs.noise_stability.map(lambda m: m["summary"], na_action="ignore").where(
+        finished).astype(float)
     return runs, unplanned
 
 
@@ -174,11 +182,34 @@ def _cells(runs: pd.DataFrame) -> pd.DataFrame:
             "n_failures": int(done.failure.sum()), "failure_rate": done.failure.mean(),
             "std_not_failed": describe(done.score[done.failure == 0])["std"],
             "seconds": finished.seconds.mean(), "peak_memory_mb": finished.peak_memory_mb.mean(),
+            "noise": finished.noise.mean(), "noise_table": _mean_table(finished.noise_stability),
         })
     columns = [*CELL, "params", "n_planned", "n_completed", "n_finished", "n_diverged",
                "n_crashed", *STATS, "ci_low", "ci_high", "n_failures", "failure_rate",
-               "std_not_failed", "seconds", "peak_memory_mb"]
+               "std_not_failed", "seconds", "peak_memory_mb", "noise", "noise_table"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _mean_table(measures: pd.Series) -> str | None:
+    """The mean over runs of their noise-stability tables (row: the layer the noise enters;
+    column: the layer whose change is measured), as JSON; None without a measure."""
+    tables = [np.array(m["table"], dtype=float) for m in measures.dropna()]
+    if not tables:
+        return None
+    mean = np.mean(tables, axis=0)
+    return json.dumps([[None if np.isnan(v) else round(float(v), 6) for v in row]
+                       for row in mean])
+
+
+def noise_correlations(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per task, across its finished runs of every size and regularizer: Spearman's correlation
+    of the test score with the noise sensitivity. The paper finds models that move less under
+    noise generalise better: a negative correlation."""
+    found = {}
+    for task, group in runs.dropna(subset=["noise", "test_score"]).groupby("task", sort=False):
+        rho, p = spearman(group.test_score, group.noise)
+        found[task] = {"spearman": rho, "p_value": p, "runs": len(group)}
+    return found
 
 
 def _versus_vanilla(cells: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

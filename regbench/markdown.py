@@ -31,7 +31,7 @@ def render(board: Leaderboard, images: list[str]) -> str:
         body = ["No final runs, and none planned."]
     else:
         body = [_overall_md(board), _reading_md(board), _cells_md(board), _sizes_md(board),
-                _cost_md(board)]
+                _noise_md(board), _cost_md(board)]
     plots = ["## Plots", *(f"![{image}]({image})" for image in images)] if images else []
     return "\n\n".join([_header(board), *body, _provenance_md(board), *plots]) + "\n"
 
@@ -227,7 +227,7 @@ def _reading_md(board: Leaderboard) -> str:
 def _cells_md(board: Leaderboard) -> str:
     headers = ["score rank", "regularizer", "mean ± std", "worst", "IQR",
                f"{CONFIDENCE:.0%} CI", "failed", f"Δ {VANILLA}", "p (Holm)", "stability rank",
-               "seeds", "hyperparameters"]
+               "seeds", "noise", "hyperparameters"]
     parts = ["## Results by task and size"]
     for task, by_task in board.cells.groupby("task", sort=False):
         parts.append(f"### {task_label(task)} ({metric_name(task)})")
@@ -236,7 +236,7 @@ def _cells_md(board: Leaderboard) -> str:
                      _num(r.iqr), f"[{_num(r.ci_low)}, {_num(r.ci_high)}]",
                      f"{r.n_failures}/{r.n_completed}" if r.n_completed else "–",
                      _num(r.delta_vs_vanilla, 3, sign=True), _num(r.p_holm),
-                     _rank_text(r.rank_stability), _seeds(r), _params(r.params)]
+                     _rank_text(r.rank_stability), _seeds(r), _num(r.noise), _params(r.params)]
                     for _, r in cell.iterrows()]
             parts += [f"#### N = {n}", _table(rows, headers)]
     return "\n\n".join(parts)
@@ -265,6 +265,25 @@ def _sizes_md(board: Leaderboard) -> str:
         parts += [f"### {task_label(task)}", _table(rows, ["regularizer",
                                                             *(f"N = {n}" for n in sizes)])]
     return "\n\n".join(parts)
+
+
+def _noise_md(board: Leaderboard) -> str:
+    """Does stability to noise go with generalisation, as Hua et al. find? Per task, across runs."""
+    rows = [[task_label(task), found["runs"], _num(found["spearman"], 2), _num(found["p_value"])]
+            for task, found in board.provenance["noise_stability"].items()]
+    if not rows:
+        return "## Noise stability\n\nNo finished run carries a noise-stability measure."
+    return "\n\n".join([
+        "## Noise stability",
+        "The LNSR paper's diagnostic, measured on every finished final run after training: "
+        "Gaussian noise of 5% of each token's norm added to the embedding output, in eval mode, "
+        "on the first 64 examples of the test half, and the relative change ‖h̃ − h‖ / ‖h‖ of "
+        "the last layer's hidden states, averaged over real tokens and two draws (the **noise** "
+        "column above: the cell's mean; the JSON holds every run's whole table, noise at each "
+        "layer and the change of every layer above). Hua et al. find that models which move "
+        "less generalise better: a negative rank correlation between test score and noise "
+        "below. A correlation across runs is no proof of cause.",
+        _table(rows, ["task", "finished runs", "Spearman ρ (score, noise)", "p"])])
 
 
 def _cost_md(board: Leaderboard) -> str:

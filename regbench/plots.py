@@ -1,5 +1,5 @@
-"""The leaderboard's figures: per task, the score against the training size, and the seed scores
-of every regularizer at each size."""
+"""The leaderboard's figures: per task, the score against the training size, the seed scores of
+every regularizer at each size, and the score against the noise sensitivity of each run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ MIN_SPAN = 0.05
 
 
 def figures(board: Leaderboard) -> dict[str, Figure]:
-    """`<task>-sizes` and `<task>-seeds` of every task with a scored run."""
+    """`<task>-sizes` and `<task>-seeds` of every task with a scored run, and `<task>-noise` of
+    every task with runs measured for noise stability."""
     colors = _colors(board.overall.regularizer)
     drawn = {}
     for task, cells in board.cells.groupby("task", sort=False):
@@ -35,6 +36,9 @@ def figures(board: Leaderboard) -> dict[str, Figure]:
             figure = draw(cells, runs, threshold, colors)
             figure.suptitle(f"{task_label(task)}: test {metric_name(task)} of the final seeds")
             drawn[f"{task}-{kind}"] = figure
+        if runs.noise.notna().any():
+            drawn[f"{task}-noise"] = _noise(runs, board.provenance["noise_stability"][task],
+                                            threshold, colors, task)
     return drawn
 
 
@@ -132,4 +136,31 @@ def _seeds(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float,
         ax.grid(axis="y", alpha=0.3)
     _floor_span(axes[0])  # the axes share it
     axes[0].set_ylabel("test score per seed")
+    return figure
+
+
+def _noise(runs: pd.DataFrame, correlation: dict, threshold: float, colors: dict[str, tuple],
+           task: str) -> Figure:
+    """Every finished run's test score against its noise sensitivity, one color per regularizer
+    and one marker per size, with the rank correlation in the title."""
+    figure = Figure(figsize=(7.5, 4.5))
+    ax = figure.subplots()
+    markers = dict(zip(sorted(runs.n_train.unique()), "os^Dv<>p", strict=False))
+    measured = runs.dropna(subset=["noise", "test_score"])
+    for regularizer in [r for r in colors if r in set(measured.regularizer)]:
+        for n, marker in markers.items():
+            mine = measured[(measured.regularizer == regularizer) & (measured.n_train == n)]
+            ax.scatter(mine.noise, mine.test_score, color=colors[regularizer], marker=marker,
+                       s=18, alpha=0.7, linewidths=0,
+                       label=regularizer if n == min(markers) else None)
+    _baseline(ax, threshold)
+    _floor_span(ax)
+    ax.set_xlabel("noise sensitivity: last layer's relative change, 5% noise at the embeddings")
+    ax.set_ylabel("test score")
+    sizes = ", ".join(f"{marker} N = {n}" for n, marker in markers.items())
+    ax.set_title(f"{task_label(task)}: test {metric_name(task)} against noise sensitivity\n"
+                 f"Spearman ρ = {correlation['spearman']:.2f} over {correlation['runs']} runs "
+                 f"(markers: {sizes})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return figure

@@ -102,3 +102,13 @@ def rank(frame: pd.DataFrame, by: Sequence[str], ascending: Sequence[bool]) -> p
              for column, up in zip(by, ascending, strict=True)]
     keys = pd.Series(list(zip(*dense, strict=True)), index=frame.index, dtype=object)
     return keys.rank(method="average")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Spearman's rank correlation and its two-sided p-value; NaN below three pairs or when
+    either side is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return np.nan, np.nan
+    result = stats.spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)

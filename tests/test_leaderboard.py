@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -393,7 +394,7 @@ def test_markdown_holds_the_cells(published):
     assert l2sp[:5] == ["1", "l2sp", f"{x.mean():.3f} ± {x.std(ddof=1):.3f}", "0.610",
                         f"{np.subtract(*np.percentile(x, [75, 25])):.3f}"]
     # l2sp beats vanilla on all five seeds: p = 2/32, the family's smallest; Holm: 8 * 2/32.
-    assert l2sp[6:] == ["0/5", "+0.046", "0.500", "1", "5/5", "alpha=0.001"]
+    assert l2sp[6:] == ["0/5", "+0.046", "0.500", "1", "5/5", "–", "alpha=0.001"]
     assert row_of(table, "vanilla")[6:9] == ["1/5", "–", "–"]
     assert "### CoLA (Matthews correlation)" in markdown
     overall = section(markdown, "## Overall")
@@ -670,3 +671,42 @@ def test_planned_but_never_run(tmp_path):
     assert row_of(section(markdown, "### Missing runs"), "vanilla") == [
         "RTE", "100", "vanilla", "0/3", "0, 1, 2"]
     assert "No regularizer has completed a cell yet" in markdown
+
+
+# Noise stability -------------------------------------------------------------------------------
+
+def _measured(summary: float, depth: int = 2) -> dict:
+    """A run's noise-stability measure whose every entry is `summary` (row i, layers above i)."""
+    return {"summary": summary,
+            "table": [[summary if k > i else None for k in range(1, depth + 1)]
+                      for i in range(depth)]}
+
+
+def test_noise_stability_per_cell_per_task_and_in_a_plot(tmp_path):
+    """Scores that fall as the noise sensitivity rises, as Hua et al. find; a crashed run carries
+    no measure and counts in no noise statistic."""
+    noise = {"vanilla": [0.30, 0.12, 0.40], "l2sp": [0.10, 0.15, 0.05]}
+    scores = {"vanilla": [0.60, 0.62, 0.58], "l2sp": [0.70, 0.66, 0.72]}
+    rows = [run(reg, "rte", 100, seed, scores[reg][seed],
+                noise_stability=_measured(noise[reg][seed]))
+            for reg in noise for seed in range(3)]
+    rows.append(run("l2sp", "rte", 100, 3, None, status="failed"))
+    board = build(frame_of(rows, tmp_path), None, BASELINES, META)
+    for reg in noise:
+        got = cell(board, "rte", 100, reg)
+        assert got.noise == pytest.approx(np.mean(noise[reg]))
+        mean = pytest.approx(np.mean(noise[reg]), abs=1e-6)  # kept to six decimals
+        assert json.loads(got.noise_table) == [[mean, mean], [None, mean]]
+    flat_noise = [*noise["vanilla"], *noise["l2sp"]]
+    flat_scores = [*scores["vanilla"], *scores["l2sp"]]
+    rho, p = stats.spearmanr(flat_scores, flat_noise)
+    found = board.provenance["noise_stability"]["rte"]
+    assert found == {"spearman": pytest.approx(rho), "p_value": pytest.approx(p), "runs": 6}
+    assert -1 < rho < -0.5
+    markdown = render(board, [])
+    assert re.search(rf"\| RTE +\| 6 +\| {rho:.2f} +\| {p:.3f} +\|",
+                     section(markdown, "## Noise stability"))
+    vanilla = row_of(section(markdown, "#### N = 100"), "vanilla")
+    assert vanilla[11] == f"{np.mean(noise['vanilla']):.3f}"
+    drawn = figures(board)
+    assert "rte-noise" in drawn and f"ρ = {rho:.2f}" in drawn["rte-noise"].axes[0].get_title()
