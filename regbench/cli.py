@@ -100,7 +100,8 @@ def cmd_train(args) -> None:
     regularizer = build(args.regularizer, parse_params(args.param), model_depth(args.model))
     recipe = Recipe.from_dict({k: v for k, v in {
         "epochs": args.epochs, "min_steps": args.min_steps, "batch_size": args.batch_size,
-        "learning_rate": args.lr, "max_length": args.max_length}.items() if v is not None})
+        "learning_rate": args.lr, "max_length": args.max_length,
+        "pooling": args.pooling}.items() if v is not None})
     check_max_length(args.model, recipe.max_length)
     SIZE.validate(args.n_train, "--n-train")
     SEED.validate(args.seed, "--seed")
@@ -117,7 +118,8 @@ def cmd_train(args) -> None:
                           "params": regularizer.params, "n_train": len(data.train),
                           "seed": args.seed, "status": result.status, "error": result.error,
                           "steps": result.steps, "seconds": round(result.seconds, 2),
-                          "validation": result.validation, "test": result.test}, indent=2))
+                          "validation": result.validation, "test": result.test,
+                          "noise_stability": result.noise_stability}, indent=2))
         return
     if result.status != "finished":
         print(f"run {result.status}: {result.error}")
@@ -126,6 +128,9 @@ def cmd_train(args) -> None:
                     for split, values in (("validation", result.validation),
                                           ("test", result.test))],
                    headers=["split", *metrics], floatfmt=".4f"))
+    if result.noise_stability is not None:
+        print(f"noise stability: the last layer moves {result.noise_stability['summary']:.3f} of "
+              "its norm for 5% noise at the embeddings")
     print(f"{result.steps} steps in {result.seconds:.1f} s")
 
 
@@ -305,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--max-length", type=int)
+    train.add_argument("--pooling", help="what the head reads: cls (BERT's pooler) or mean")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_data_options(train)

@@ -21,7 +21,7 @@ import torch
 from regbench.data import check_examples, describe_source, glue_dir, load_raw
 from regbench.errors import RegbenchError
 from regbench.modeling import load_tokenizer
-from regbench.splits import split_dev, subsample
+from regbench.splits import DEV_SPLIT_SEED, split_dev, subsample
 from regbench.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,13 @@ class Examples:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def take(self, indices) -> Examples:
+        """The examples at `indices`, in their order."""
+        types = self.token_type_ids
+        return Examples([self.input_ids[i] for i in indices],
+                        None if types is None else [types[i] for i in indices],
+                        self.labels[np.asarray(indices, dtype=int)])
+
     @cached_property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
@@ -194,6 +201,14 @@ class TaskData:
                                    subsample(task, train_labels, n_train, data_seed)),
                    Examples.select(features["dev"], validation),
                    Examples.select(features["dev"], test))
+
+    def validation_sample(self, size: int) -> Examples:
+        """The validation half, or a stratified sample of `size` of its examples, the same for
+        every run: what tuning and pruning score on when the whole half costs too much."""
+        if not size or size >= len(self.validation):
+            return self.validation
+        return self.validation.take(subsample(self.task, self.validation.labels, size,
+                                              DEV_SPLIT_SEED))
 
 
 @lru_cache(maxsize=8)

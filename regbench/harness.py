@@ -182,6 +182,7 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
     checkpoints = {math.ceil(total * k / recipe.evaluations)
                    for k in range(1, recipe.evaluations + 1)} if on_evaluate else {total}
     order = torch.Generator().manual_seed(seed)
+    validation = data.validation_sample(recipe.validation_size)
     result = RunResult(status="finished")
 
     def batches():
@@ -204,7 +205,7 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
             result.steps = step
             if step in checkpoints:
                 with evaluated_weights(state, regularizer) as network:
-                    result.validation = evaluate(network, data.validation, task, pad_id,
+                    result.validation = evaluate(network, validation, task, pad_id,
                                                  recipe.eval_batch_size, state.device, state.bf16)
                 result.history.append((step, result.validation[task.metric]))
                 if on_evaluate is not None:

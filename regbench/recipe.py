@@ -31,6 +31,9 @@ class Recipe:
     group_by_length: bool = declared(True)
     evaluations: int = declared(4, ge=1)  # validation passes over training; the pruner sees each
     eval_batch_size: int = declared(64, ge=1)
+    # Examples of the validation half scored for tuning and pruning, a stratified sample; 0 for
+    # all. The test half is always scored whole.
+    validation_size: int = declared(0, ge=0)
     # bf16 autocast, as the Trainer's `bf16` flag. "auto" takes it wherever the device computes
     # bf16 natively (recent GPUs, CPUs with AVX512-BF16 or AMX), where it halves a run's time.
     precision: str = declared("auto", choices=PRECISIONS)

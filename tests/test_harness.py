@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from regbench import modeling
+from regbench.features import task_data
 from regbench.harness import fine_tune, mixed_precision
 from regbench.modeling import load_model
 from regbench.plugin import Regularizer
@@ -91,3 +92,25 @@ def test_precision_decides_the_autocast(stsb_data, tiny_recipe):
     assert runs["fp32"].status == runs["bf16"].status == "finished"
     # bf16 rounds every matmul: the same run ends with other predictions, so other correlations
     assert runs["fp32"].validation != runs["bf16"].validation
+
+
+def test_a_validation_sample_is_stratified_fixed_and_scored_in_place_of_the_half(glue_dir):
+    data = task_data(get_task("rte"), 32, 0, "minilm", 64, glue_dir)
+    sample = data.validation_sample(40)
+    assert len(sample) == 40 and data.validation_sample(0) is data.validation
+    assert data.validation_sample(10_000) is data.validation
+    # Stratified: the labels' shares of the half, to one example.
+    share = data.validation.labels.mean()
+    assert abs(sample.labels.sum() - 40 * share) <= 1
+    again = data.validation_sample(40)
+    assert again.input_ids == sample.input_ids  # the same for every run
+    assert all(ids in data.validation.input_ids for ids in sample.input_ids)
+    recipe = Recipe(epochs=1, min_steps=0, batch_size=16, max_length=64, evaluations=1,
+                    validation_size=40)
+    seen = []
+    result = fine_tune(dataclasses.replace(data, test=data.test.take(range(16))), Vanilla(),
+                       seed=1, recipe=recipe, progress=False, test=False,
+                       on_evaluate=lambda step, score: seen.append(score))
+    # Accuracy over 40 examples moves in steps of 1/40.
+    assert len(seen) == 1 and (seen[0] * 40) == pytest.approx(round(seen[0] * 40))
+    assert result.validation["accuracy"] == seen[0]
