@@ -105,6 +105,9 @@ def build(frame: pd.DataFrame, expected: pd.DataFrame | None, baselines: dict[st
     provenance = _provenance(runs, superseded, unplanned, _tuning_runs(frame, runs), cells)
     provenance["baselines"] = {task: baselines[task] for task in cells.task.unique()}
     provenance["noise_stability"] = noise_correlations(runs)
+    provenance["noise_settings"] = [json.loads(s) for s in sorted(
+        {json.dumps(m.get("settings"), sort_keys=True)
+         for m in runs.noise_stability.dropna() if m.get("settings")})]
     runs = runs.sort_values(RUN, key=_task_order, ignore_index=True)[[*RUN, *_RUN_COLUMNS]]
     return Leaderboard(cells, overall, runs, dict(meta or {}), provenance)
 

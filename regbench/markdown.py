@@ -271,16 +271,20 @@ def _noise_md(board: Leaderboard) -> str:
     """Does stability to noise go with generalisation, as Hua et al. find? Per task, across runs."""
     rows = [[task_label(task), found["runs"], _num(found["spearman"], 2), _num(found["p_value"])]
             for task, found in board.provenance["noise_stability"].items()]
-    if not rows:
+    settings = board.provenance["noise_settings"]
+    if not rows or not settings:
         return "## Noise stability\n\nNo finished run carries a noise-stability measure."
+    measured = " / ".join(f"{s['scale']:.0%} noise, the first {s['examples']} test examples, "
+                          f"{s['draws']} draws" for s in settings)
     return "\n\n".join([
         "## Noise stability",
         "The LNSR paper's diagnostic, measured on every finished final run after training: "
-        "Gaussian noise of 5% of each token's norm added to the embedding output, in eval mode, "
-        "on the first 64 examples of the test half, and the relative change ‖h̃ − h‖ / ‖h‖ of "
-        "the last layer's hidden states, averaged over real tokens and two draws (the **noise** "
-        "column above: the cell's mean; the JSON holds every run's whole table, noise at each "
-        "layer and the change of every layer above). Hua et al. find that models which move "
+        "Gaussian noise of a share of each token's norm added to the embedding output, in eval "
+        "mode, on the first examples of the test half, and the relative change ‖h̃ − h‖ / ‖h‖ of "
+        f"the last layer's hidden states, averaged over real tokens and noise draws ({measured}; "
+        "fp32, a fixed seed). The **noise** column above is the cell's mean; the JSON holds "
+        "every run's whole table (noise at each layer, the change of every layer above). "
+        "Hua et al. find that models which move "
         "less generalise better: a negative rank correlation between test score and noise "
         "below. A correlation across runs is no proof of cause.",
         _table(rows, ["task", "finished runs", "Spearman ρ (score, noise)", "p"])])

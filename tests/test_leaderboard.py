@@ -679,7 +679,8 @@ def _measured(summary: float, depth: int = 2) -> dict:
     """A run's noise-stability measure whose every entry is `summary` (row i, layers above i)."""
     return {"summary": summary,
             "table": [[summary if k > i else None for k in range(1, depth + 1)]
-                      for i in range(depth)]}
+                      for i in range(depth)],
+            "settings": {"scale": 0.05, "draws": 2, "examples": 32, "seed": 0}}
 
 
 def test_noise_stability_per_cell_per_task_and_in_a_plot(tmp_path):
@@ -704,8 +705,9 @@ def test_noise_stability_per_cell_per_task_and_in_a_plot(tmp_path):
     assert found == {"spearman": pytest.approx(rho), "p_value": pytest.approx(p), "runs": 6}
     assert -1 < rho < -0.5
     markdown = render(board, [])
-    assert re.search(rf"\| RTE +\| 6 +\| {rho:.2f} +\| {p:.3f} +\|",
-                     section(markdown, "## Noise stability"))
+    noise_section = section(markdown, "## Noise stability")
+    assert re.search(rf"\| RTE +\| 6 +\| {rho:.2f} +\| {p:.3f} +\|", noise_section)
+    assert "5% noise, the first 32 test examples, 2 draws" in noise_section
     vanilla = row_of(section(markdown, "#### N = 100"), "vanilla")
     assert vanilla[11] == f"{np.mean(noise['vanilla']):.3f}"
     drawn = figures(board)

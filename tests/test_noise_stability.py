@@ -98,3 +98,4 @@ def test_every_tested_run_carries_it_and_tuning_runs_do_not(rte_data, tiny_recip
     report = tested.noise_stability
     assert len(report["table"]) == 6 and report["summary"] == report["table"][0][5]
     assert 0 < report["summary"] < 1
+    assert report["settings"] == {"scale": 0.05, "draws": 2, "examples": 32, "seed": 0}

@@ -4,20 +4,23 @@ from regbench.errors import RegbenchError
 from regbench.runner import Plan
 from regbench.suite import builtin_suites, load_suite, override, parse_suite
 
-QUICKSTART = ["vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr"]
-GLUE_SMALL = [*QUICKSTART, "rdrop", "reinit", "noisytune", "llrd", "childtuning_d", "recadam",
-              "ema", "r3f"]
+BUILT_INS = ["vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr", "rdrop", "reinit",
+             "noisytune", "llrd", "childtuning_d", "recadam", "ema", "r3f"]
 
 
 def test_builtin_suites_follow_the_protocol():
     assert {"quickstart", "glue-small"} <= set(builtin_suites())
     full = load_suite("glue-small")
     assert full.tasks == ("rte", "mrpc", "cola", "stsb") and full.sizes == (100, 300, 1000)
-    assert len(full.final_seeds) >= 5 and list(full.regularizers) == GLUE_SMALL
+    assert len(full.final_seeds) >= 5 and list(full.regularizers) == BUILT_INS
     assert not set(full.final_seeds) & set(full.tuning_seeds)
+    cpu = load_suite("glue-cpu")  # issue 14: sized for two CPU cores, and published
+    assert len(cpu.tasks) >= 2 and len(cpu.sizes) >= 2 and max(cpu.sizes) >= 300
+    assert list(cpu.regularizers) == BUILT_INS and cpu.tuning.trials >= 8
+    assert len(cpu.final_seeds) >= 5
     quick = load_suite("quickstart")
-    assert list(quick.regularizers) == QUICKSTART
-    assert len(quick.tasks) >= 2 and len(quick.sizes) >= 2
+    assert set(quick.regularizers) <= set(BUILT_INS) and len(quick.final_seeds) >= 5
+    assert len(quick.sizes) >= 2
 
 
 def test_user_yaml_by_path(tmp_path):
