@@ -243,11 +243,14 @@ def cmd_regularizers(args) -> None:
     rows = []
     for name, cls in loadable().items():
         space = "; ".join(f"{k}: {_describe(d)}" for k, d in cls.search_space(depth).items())
+        plugin = cls()
         rows.append([name, distribution_of(name), cls.version,
                      ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-", space or "-",
-                     f"{1 + cls().extra_passes():.2f}x"])
+                     f"{1 + plugin.extra_passes():.2f}x",
+                     f"{plugin.setup_passes():g} epoch" if plugin.setup_passes() else "-"])
     print(tabulate(rows, headers=["regularizer", "from", "version", "defaults", "search space",
-                                  "step cost"], maxcolwidths=[None, None, None, 40, 50, None]))
+                                  "step cost", "setup"],
+                   maxcolwidths=[None, None, None, 40, 50, None, None]))
 
 
 def _describe(dist) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -502,14 +503,15 @@ def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = No
     """Seconds per run of each cell on `device`: its task's fixed cost and vanilla step time
     (`costs`, measured by `task_costs` unless given), the steps scaled by the regularizer's cost
     against vanilla: `step_costs` where measured (benchmarks/gpu.py), else the plugin's declared
-    `1 + extra_passes()`."""
+    `1 + extra_passes()`; and its passes over the training split in setup (`setup_passes`), at
+    vanilla's step time per batch."""
     suite = plan.suite
     costs = costs or task_costs(suite, pick_device(device), data_dir)
     estimates = {}
     for cell in plan.cells:
-        cost = (step_costs or {}).get(cell.regularizer)
-        if cost is None:
-            cost = 1 + build(cell.regularizer, suite.regularizers[cell.regularizer]).extra_passes()
+        plugin = build(cell.regularizer, suite.regularizers[cell.regularizer])
+        cost = (step_costs or {}).get(cell.regularizer, 1 + plugin.extra_passes())
         per_step, fixed = costs[cell.task]
-        estimates[cell] = fixed + suite.recipe.total_steps(cell.size) * per_step * cost
+        setup = plugin.setup_passes() * math.ceil(cell.size / suite.recipe.batch_size)
+        estimates[cell] = fixed + (suite.recipe.total_steps(cell.size) * cost + setup) * per_step
     return estimates

@@ -251,7 +251,7 @@ def test_task_costs_split_a_run_into_its_steps_and_a_fixed_cost(monkeypatch, glu
 
 
 def test_estimate_scales_the_steps_by_each_regularizers_cost():
-    plan = Plan.of(tiny_suite(regularizers=["vanilla", "lnsr", "weight_decay"],
+    plan = Plan.of(tiny_suite(regularizers=["vanilla", "lnsr", "weight_decay", "childtuning_d"],
                               recipe={**TINY_RECIPE, "min_steps": 40}))
     seconds = estimate_seconds(plan, costs={"rte": (0.5, 3.0)},
                                step_costs={"vanilla": 1.0, "lnsr": 1.8})
@@ -259,6 +259,8 @@ def test_estimate_scales_the_steps_by_each_regularizers_cost():
     assert seconds[Cell("lnsr", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5 * 1.8)
     # Not measured: its declared cost, no extra pass.
     assert seconds[Cell("weight_decay", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5)
+    # A pass over the 16 examples in batches of 8 at setup: two steps' worth.
+    assert seconds[Cell("childtuning_d", "rte", 16)] == pytest.approx(3.0 + (40 + 2) * 0.5)
 
 
 def test_dry_run_says_which_device_and_precision_it_estimates(monkeypatch, glue_dir, tmp_path,
