@@ -344,6 +344,14 @@ def _tuning_runs(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return tuning.merge(runs[CELL].drop_duplicates(), on=CELL)
 
 
+def _wall_seconds(runs: pd.DataFrame) -> float | None:
+    """From the start of the first run to the end of the last, whatever ran in parallel."""
+    ended = pd.to_datetime(runs.finished_at)
+    started = ended - pd.to_timedelta(runs.seconds, unit="s")
+    wall = (ended.max() - started.min()).total_seconds()
+    return None if pd.isna(wall) else float(wall)
+
+
 def _provenance(runs: pd.DataFrame, superseded: int, unplanned: int, tuning: pd.DataFrame,
                 cells: pd.DataFrame) -> dict[str, Any]:
     """What the runs themselves say: how many of each outcome, what made them and on what, how
@@ -371,7 +379,8 @@ def _provenance(runs: pd.DataFrame, superseded: int, unplanned: int, tuning: pd.
         "first_run": iso(runs.finished_at.min()),
         "last_run": iso(runs.finished_at.max()),
         "compute": {"final_runs": len(shown), "final_seconds": float(shown.seconds.sum()),
-                    "tuning_runs": len(tuning), "tuning_seconds": float(tuning.seconds.sum())},
+                    "tuning_runs": len(tuning), "tuning_seconds": float(tuning.seconds.sum()),
+                    "wall_seconds": _wall_seconds(pd.concat([shown, tuning]))},
         "methods": {"interval": f"{CONFIDENCE:.0%} {INTERVAL} over seeds",
                     "test": f"two-sided Wilcoxon signed-rank test against {VANILLA} over "
                             "paired seeds",

@@ -131,7 +131,9 @@ def _header(board: Leaderboard) -> str:
         f"{_tally(versions['bf16'], _precision)}",
         f"- **Software**: {software}; commit {_tally(versions['git_commit'], _recorded)}",
         f"- **Compute**: {_duration(compute['final_seconds'])} in the {compute['final_runs']} "
-        f"final runs shown{tuning}",
+        f"final runs shown{tuning}"
+        + (f"; {_duration(compute['wall_seconds'])} of wall time from the first run's start to "
+           "the last one's end" if compute.get("wall_seconds") is not None else ""),
         f"- **Regularizers** (version, distribution): {plugins or '–'}",
         f"- **Statistics**: {methods['interval']}; {methods['test']}"
         + (f" ({modes})" if modes else "")

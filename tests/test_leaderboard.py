@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from regbench import leaderboard
-from regbench.board import build
+from regbench.board import _wall_seconds, build
 from regbench.errors import RegbenchError
 from regbench.leaderboard import publish
 from regbench.markdown import render
@@ -425,11 +425,20 @@ def test_header_states_machine_software_compute_plugins_and_methods(published):
     # (10 + 12 + 20) * 11 * 5 * 2 = 4620 s; the one tuning run took 12 s.
     assert ("- **Compute**: 1 h 17 min in the 60 final runs shown, plus 12 s in the 1 tuning "
             "runs stored for these cells") in header
+    assert "of wall time from the first run's start to the last one's end" in header
     assert "l2sp 1 (regbench 0.1.0)" in header
     assert ("- **Statistics**: 95% Student-t interval of the mean over seeds; two-sided "
             "Wilcoxon signed-rank test against vanilla over paired seeds (exact in 4, exact "
             "sign-flip permutation in 4); Holm over the 8 comparisons of the board, † at "
             "p < 0.05") in header
+
+
+def test_wall_time_spans_the_first_start_to_the_last_end_however_runs_overlap():
+    # Two workers: one run from 10:00:00 to 10:00:10, another from 10:00:05 to 10:00:15.
+    runs = pd.DataFrame({"finished_at": ["2026-01-01 10:00:10", "2026-01-01 10:00:15"],
+                         "seconds": [10.0, 10.0]})
+    assert _wall_seconds(runs) == pytest.approx(15.0)
+    assert _wall_seconds(runs.iloc[:0]) is None
 
 
 def test_csv_and_json_hold_the_same_numbers(published):
