@@ -345,11 +345,18 @@ def _tuning_runs(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _wall_seconds(runs: pd.DataFrame) -> float | None:
-    """From the start of the first run to the end of the last, whatever ran in parallel."""
+    """The time during which at least one run was running: parallel runs count once, and a
+    suite resumed later does not count the pause."""
     ended = pd.to_datetime(runs.finished_at)
-    started = ended - pd.to_timedelta(runs.seconds, unit="s")
-    wall = (ended.max() - started.min()).total_seconds()
-    return None if pd.isna(wall) else float(wall)
+    spans = pd.DataFrame({"start": ended - pd.to_timedelta(runs.seconds, unit="s"),
+                          "end": ended}).dropna().sort_values("start")
+    if spans.empty:
+        return None
+    # A span starting after every earlier one has ended opens a new busy period.
+    reach = spans.end.cummax()
+    period = (spans.start > reach.shift()).cumsum()
+    busy = spans.groupby(period).agg(start=("start", "min"), end=("end", "max"))
+    return float((busy.end - busy.start).dt.total_seconds().sum())
 
 
 def _provenance(runs: pd.DataFrame, superseded: int, unplanned: int, tuning: pd.DataFrame,

@@ -132,8 +132,8 @@ def _header(board: Leaderboard) -> str:
         f"- **Software**: {software}; commit {_tally(versions['git_commit'], _recorded)}",
         f"- **Compute**: {_duration(compute['final_seconds'])} in the {compute['final_runs']} "
         f"final runs shown{tuning}"
-        + (f"; {_duration(compute['wall_seconds'])} of wall time from the first run's start to "
-           "the last one's end" if compute.get("wall_seconds") is not None else ""),
+        + (f"; {_duration(compute['wall_seconds'])} of wall time with a run in progress"
+           if compute.get("wall_seconds") is not None else ""),
         f"- **Regularizers** (version, distribution): {plugins or '–'}",
         f"- **Statistics**: {methods['interval']}; {methods['test']}"
         + (f" ({modes})" if modes else "")
