@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def harness_seconds(data: TaskData, recipe: Recipe, device: torch.device | None 
         raise RuntimeError(f"vanilla run {result.status} after {result.steps} steps: "
                            f"{result.error}")
     return seconds
+
+
+def best_of_alternating(measures: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Each measure's least seconds over `rounds`, the measures taken in turn within each round
+    so that drifting machine load falls on all of them alike."""
+    seconds = {name: [] for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            seconds[name].append(measure())
+    return {name: min(times) for name, times in seconds.items()}
 
 
 def harness_examples_per_second(data: TaskData, recipe: Recipe, device: torch.device,

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from measure import best_of_alternating
 
 from regbench.features import task_data
 from regbench.harness import fine_tune
@@ -42,13 +43,10 @@ def test_noise_stability_share_of_a_final_run(benchmark, glue_dir):
         return time.perf_counter() - started
 
     measure(), run()  # warm-up: first-call costs of torch's kernels
-    seconds = {"measure": [], "run": []}
-    for _ in range(ROUNDS):  # alternate, so drifting machine load hits both alike
-        seconds["measure"].append(measure())
-        seconds["run"].append(run())
-    share = min(seconds["measure"]) / min(seconds["run"])
-    benchmark.extra_info.update({"measure_s": min(seconds["measure"]),
-                                 "run_s": min(seconds["run"]), "share": share})
+    seconds = best_of_alternating({"measure": measure, "run": run}, ROUNDS)
+    share = seconds["measure"] / seconds["run"]
+    benchmark.extra_info.update({"measure_s": seconds["measure"], "run_s": seconds["run"],
+                                 "share": share})
     benchmark.pedantic(measure, rounds=1, iterations=1)
-    print(f"\nnoise stability {min(seconds['measure']):.2f} s of a {min(seconds['run']):.1f} s "
-          f"final run ({share:.1%})")
+    print(f"\nnoise stability {seconds['measure']:.2f} s of a {seconds['run']:.1f} s final run "
+          f"({share:.1%})")

@@ -347,7 +347,7 @@ def _tuning_runs(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def _wall_seconds(runs: pd.DataFrame) -> float | None:
     """The time during which at least one run was running: parallel runs count once, and a
     suite resumed later does not count the pause."""
-    ended = pd.to_datetime(runs.finished_at)
+    ended = pd.to_datetime(runs.finished_at, utc=True, format="ISO8601")
     spans = pd.DataFrame({"start": ended - pd.to_timedelta(runs.seconds, unit="s"),
                           "end": ended}).dropna().sort_values("start")
     if spans.empty:

@@ -244,10 +244,11 @@ def cmd_regularizers(args) -> None:
     for name, cls in loadable().items():
         space = "; ".join(f"{k}: {_describe(d)}" for k, d in cls.search_space(depth).items())
         plugin = cls()
+        passes = plugin.setup_passes()
         rows.append([name, distribution_of(name), cls.version,
                      ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-", space or "-",
                      f"{1 + plugin.extra_passes():.2f}x",
-                     f"{plugin.setup_passes():g} epoch" if plugin.setup_passes() else "-"])
+                     f"{passes:g} epoch{'s' if passes > 1 else ''}" if passes else "-"])
     print(tabulate(rows, headers=["regularizer", "from", "version", "defaults", "search space",
                                   "step cost", "setup"],
                    maxcolwidths=[None, None, None, 40, 50, None, None]))

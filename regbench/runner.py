@@ -510,7 +510,9 @@ def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = No
     estimates = {}
     for cell in plan.cells:
         plugin = build(cell.regularizer, suite.regularizers[cell.regularizer])
-        cost = (step_costs or {}).get(cell.regularizer, 1 + plugin.extra_passes())
+        cost = (step_costs or {}).get(cell.regularizer)
+        if cost is None:
+            cost = 1 + plugin.extra_passes()
         per_step, fixed = costs[cell.task]
         setup = plugin.setup_passes() * math.ceil(cell.size / suite.recipe.batch_size)
         estimates[cell] = fixed + (suite.recipe.total_steps(cell.size) * cost + setup) * per_step
