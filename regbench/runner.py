@@ -447,11 +447,12 @@ class SuiteRunner:
             return
         self._bar.update(n)
         left = self._bar.total - self._bar.n
-        pace = statistics.fmean(self.tally.seconds) / max(1, self.worker.live_workers()) \
-            if self.tally.seconds else float("nan")
+        eta = "?"  # until a run has trained here: stored runs cost nothing to skip
+        if self.tally.seconds:
+            pace = statistics.fmean(self.tally.seconds) / max(1, self.worker.live_workers())
+            eta = f"{pace * left / 60:.0f} min"
         self._bar.set_postfix(trained=self.tally.executed, cached=self.tally.cached,
-                              failed=self.tally.failed, eta=f"{pace * left / 60:.0f} min",
-                              refresh=False)
+                              failed=self.tally.failed, eta=eta, refresh=False)
 
 
 def _last_line(text: str | None) -> str:

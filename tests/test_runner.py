@@ -63,6 +63,11 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
     assert (again.executed, again.cached) == (0, 4)  # the finished study is not reopened
     assert len(Store(storage).frame("tiny")) == len(runs)
 
+    # A regularizer added under the suite's name trains alone: the others' runs stay as stored.
+    grown = tiny_suite(regularizers=["vanilla", "weight_decay", "l2sp"])
+    extended = SuiteRunner(grown, storage, data_dir=glue_dir, progress=False).run()
+    assert (extended.executed, extended.cached) == (4, 4)  # l2sp's 2 trials and 2 final runs
+
 
 def test_force_reruns_stored_runs(glue_dir, tmp_path):
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
