@@ -232,8 +232,8 @@ def cmd_leaderboard(args) -> None:
     suite = load_suite(args.suite)
     frame = Store(storage_url(suite.name, args.storage), create=False).frame(suite.name)
     path = publish_suite(suite, frame, args.out, args.data_dir, force=args.force)
-    print(f"leaderboard written to {path}, from the {len(frame)} runs stored for suite {suite.name} "
-          "(its final runs in the plan are shown)")
+    print(f"leaderboard written to {path}, from the {len(frame)} runs stored for suite "
+          f"{suite.name} (its final runs in the plan are shown)")
 
 
 def cmd_regularizers(args) -> None:

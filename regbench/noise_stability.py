@@ -26,7 +26,7 @@ from regbench.modeling import encoder_layers
 SCALE = 0.05  # the noise's norm, as a share of each token's norm (Hua et al.)
 DRAWS = 2
 # The first examples of the test half: the measure is a mean over their real tokens, about a
-# thousand on STS-B, and costs under a second a run on two CPU cores.
+# thousand on STS-B, and costs about a second a run on two CPU cores (BENCHMARKS.md).
 EXAMPLES = 32
 SEED = 0
 BATCH = 32

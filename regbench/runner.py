@@ -4,12 +4,10 @@ runners that share the storage share the work."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import platform
 import statistics
 import time
 import traceback
@@ -35,6 +33,7 @@ from regbench.store import (
     SETTLED,
     Store,
     check_url,
+    cpu_model,
     provenance,
     run_key,
     study_storage,
@@ -465,13 +464,8 @@ def describe_device(device: torch.device) -> str:
     """The device as a person knows it: the card's name, or the CPU's model and threads."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    model = platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as info:
-            model = next((line.split(":", 1)[1].strip() for line in info
-                          if line.startswith("model name")), model)
     threads = torch.get_num_threads()
-    return f"cpu ({model}, {threads} thread{'s' if threads > 1 else ''})"
+    return f"cpu ({cpu_model()}, {threads} thread{'s' if threads > 1 else ''})"
 
 
 def task_costs(suite: Suite, device: torch.device,

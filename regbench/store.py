@@ -289,10 +289,10 @@ def provenance(device: str) -> dict[str, Any]:
     return {"regbench": regbench.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "git_commit": commit, "device": device, "host": platform.node(),
-            "cpu": f"{_cpu_model()}, {os.cpu_count()} logical CPUs", "gpu": gpu}
+            "cpu": f"{cpu_model()}, {os.cpu_count()} logical CPUs", "gpu": gpu}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name as Linux gives it; where there is no /proc/cpuinfo, the platform's
     word for it."""
     try:
