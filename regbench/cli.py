@@ -159,15 +159,17 @@ def cmd_run(args) -> None:
         precision = "bf16 autocast" if mixed_precision(suite.recipe.precision, device) else "fp32"
         log.info("timing two short runs per task on %s for the estimate", device)
         seconds = estimate_seconds(plan, args.device, args.data_dir)
+        left = plan.left({} if args.force else _stored_runs(suite, storage))
         rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
-                 plan.tuning_runs(c), len(suite.final_seeds), seconds[c] * plan.runs(c) / 60]
-                for c in plan.cells]
+                 plan.tuning_runs(c), len(suite.final_seeds), plan.runs(c) - left[c],
+                 seconds[c] * left[c] / 60] for c in plan.cells]
         print(tabulate(rows, headers=["regularizer", "task", "N", "trials", "tuning runs",
-                                      "final runs", "minutes"], floatfmt=".1f"))
-        total = sum(r[-1] for r in rows)
-        print(f"\n{len(plan.cells)} studies, {plan.total_runs()} runs, about {total:.0f} minutes "
-              f"for one worker on {describe_device(device)} in {precision}, without pruning or "
-              f"cached runs; results in {storage}")
+                                      "final runs", "done", "minutes"], floatfmt=".1f"))
+        total, done = sum(r[-1] for r in rows), sum(r[-2] for r in rows)
+        print(f"\n{len(plan.cells)} studies, {plan.total_runs()} runs, {done} of them done: "
+              f"about {total:.0f} minutes for the other {plan.total_runs() - done} with one "
+              f"worker on {describe_device(device)} in {precision}, without pruning; results in "
+              f"{storage}")
         return
     if args.storage is None:
         Path("runs").mkdir(exist_ok=True)  # the default store's folder
@@ -176,6 +178,19 @@ def cmd_run(args) -> None:
     print(f"suite {suite.name}: {tally.executed} runs trained, {tally.pruned} pruned partway, "
           f"{tally.cached} already stored, {tally.failed} failed, {tally.saved_by_pruning:.1f} "
           f"runs' training saved by the pruner; results in {storage}")
+
+
+def _stored_runs(suite, storage: str) -> dict:
+    """`stored_per_cell` of the suite's store; nothing where it cannot be read (the run itself
+    will say why)."""
+    from regbench.store import Store, stored_per_cell
+
+    try:
+        frame = Store(storage, create=False).frame(suite.name)
+    except RegbenchError as err:
+        log.info("no stored runs counted: %s", err)
+        return {}
+    return stored_per_cell(frame, suite)
 
 
 def cmd_results(args) -> None:
@@ -212,16 +227,10 @@ def cmd_results(args) -> None:
 
 def _missing_final_runs(suite, frame) -> int:
     """How many of the suite's final runs, as it is set up now, have no settled result."""
-    from regbench.store import SETTLED
+    from regbench.store import stored_per_cell
 
-    if frame.empty:
-        return len(suite.cells()) * len(suite.final_seeds)
-    finals = frame[(frame.phase == "final") & frame.status.isin(SETTLED)
-                   & (frame.model == suite.model) & (frame.data_seed == suite.data_seed)
-                   & frame.recipe.map(lambda recipe: recipe == suite.recipe.as_dict())]
-    done = set(zip(finals.regularizer, finals.task, finals.n_train, finals.seed, strict=True))
-    return sum((c.regularizer, c.task, c.size, seed) not in done
-               for c in suite.cells() for seed in suite.final_seeds)
+    return sum(len(suite.final_seeds) - seeds
+               for _, seeds in stored_per_cell(frame, suite).values())
 
 
 def cmd_leaderboard(args) -> None:

@@ -24,6 +24,7 @@ from regbench.errors import RegbenchError
 from regbench.markdown import render
 from regbench.metrics import majority_baseline
 from regbench.splits import split_dev
+from regbench.store import runs_of_setup
 from regbench.tasks import get_task
 
 if TYPE_CHECKING:
@@ -112,10 +113,8 @@ def baselines_of(tasks: list[str], data_dir: str | None = None) -> dict[str, flo
 def publish_suite(suite: Suite, frame: pd.DataFrame, out_dir: Path,
                   data_dir: str | None = None, force: bool = False) -> Path:
     """`publish` for one suite: its plan, the failure baselines of its tasks, and its runs."""
-    # A suite name may hold runs of other models or recipes (flags override a suite): keep this
-    # setup's alone, as the header will describe it.
-    frame = frame[(frame.model == suite.model) & (frame.data_seed == suite.data_seed)
-                  & frame.recipe.map(lambda r: r == suite.recipe.as_dict())]
+    # This setup's runs alone, as the header will describe it.
+    frame = runs_of_setup(frame, suite)
     expected = pd.DataFrame(
         [(c.regularizer, c.task, c.size, seed)
          for c in suite.cells() for seed in suite.final_seeds],

@@ -36,6 +36,7 @@ from regbench.store import (
     cpu_model,
     provenance,
     run_key,
+    stored_per_cell,
     study_storage,
 )
 from regbench.suite import Cell, Suite
@@ -110,6 +111,17 @@ class Plan:
     def total_runs(self) -> int:
         return sum(map(self.runs, self.cells))
 
+    def left(self, stored: dict[Cell, tuple[int, int]]) -> dict[Cell, int]:
+        """Per cell, the runs still to train given its stored tuning runs and final seeds
+        (`stored_per_cell`). A cell with every final seed has finished its tuning, though it may
+        hold fewer tuning runs than trials: a trial that repeats one keeps its stored run."""
+        left = {}
+        for cell in self.cells:
+            tuning, seeds = stored.get(cell, (0, 0))
+            finals = len(self.suite.final_seeds) - seeds
+            left[cell] = finals + (max(0, self.tuning_runs(cell) - tuning) if finals else 0)
+        return left
+
 
 class RunFailed(Exception):
     """A tuning run that raised or diverged: Optuna records the trial as failed."""
@@ -153,6 +165,7 @@ class SuiteRunner:
         self.worker: Worker | None = None
         self._bar = None
         self._counted: dict[Cell, int] = {}  # progress units of each cell shown so far
+        self._to_train = 0  # runs not stored when the suite started here
         self._attempted: set[str] = set()  # final runs this worker has tried once
         self._tuned: dict[Cell, dict[str, Any] | None] = {}  # each cell's outcome of `tune`
 
@@ -384,8 +397,12 @@ class SuiteRunner:
         from tqdm.auto import tqdm
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        log.info("suite %s: %d cells, %d runs planned, storage %s, device %s", self.suite.name,
-                 len(self.plan.cells), self.plan.total_runs(), self.storage, self.device)
+        stored = {} if self.force else stored_per_cell(self.store.frame(self.suite.name),
+                                                       self.suite)
+        self._to_train = sum(self.plan.left(stored).values())
+        log.info("suite %s: %d cells, %d runs planned, %d of them to train, storage %s, "
+                 "device %s", self.suite.name, len(self.plan.cells), self.plan.total_runs(),
+                 self._to_train, self.storage, self.device)
         with (Worker(self.store.engine, self.heartbeat_timeout) as self.worker,
               tqdm(total=self.plan.total_runs(), desc=f"suite {self.suite.name}", unit="run",
                    disable=not self.progress) as self._bar):
@@ -445,7 +462,10 @@ class SuiteRunner:
         if self._bar is None or n <= 0:
             return
         self._bar.update(n)
-        left = self._bar.total - self._bar.n
+        # Two bounds on what is left: the runs not yet counted include stored ones that cost
+        # nothing to skip, and those this worker found to train include other workers' share.
+        trained = self.tally.executed + self.tally.pruned
+        left = min(self._bar.total - self._bar.n, self._to_train - trained)
         eta = "?"  # until a run has trained here: stored runs cost nothing to skip
         if self.tally.seconds:
             pace = statistics.fmean(self.tally.seconds) / max(1, self.worker.live_workers())

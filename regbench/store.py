@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 import pandas as pd
@@ -30,6 +30,9 @@ import sqlalchemy as sa
 
 import regbench
 from regbench.errors import RegbenchError
+
+if TYPE_CHECKING:
+    from regbench.suite import Cell, Suite
 
 log = logging.getLogger(__name__)
 FINISHED = "finished"  # trained to the end and evaluated
@@ -302,6 +305,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def runs_of_setup(frame: pd.DataFrame, suite: Suite) -> pd.DataFrame:
+    """The runs of `frame` made with the suite's setup as it is now: its model, data seed and
+    recipe. A suite's name may hold runs of others, as flags override a suite."""
+    return frame[(frame.model == suite.model) & (frame.data_seed == suite.data_seed)
+                 & frame.recipe.map(lambda recipe: recipe == suite.recipe.as_dict())]
+
+
+def stored_per_cell(frame: pd.DataFrame, suite: Suite) -> dict[Cell, tuple[int, int]]:
+    """Per cell of the suite, its tuning runs and final seeds in `frame` (the store's runs of the
+    suite) that running it would keep rather than train: settled, or pruned for tuning runs."""
+    mine = runs_of_setup(frame, suite)
+    tuning = mine[(mine.phase == "tune") & mine.status.isin((*SETTLED, PRUNED))]
+    finals = mine[(mine.phase == "final") & mine.status.isin(SETTLED)
+                  & mine.seed.isin(suite.final_seeds)]
+    cell = ["regularizer", "task", "n_train"]
+    tuned = tuning.groupby(cell).size()
+    seeds = finals.drop_duplicates([*cell, "seed"]).groupby(cell).size()
+    return {c: (int(tuned.get((c.regularizer, c.task, c.size), 0)),
+                int(seeds.get((c.regularizer, c.task, c.size), 0))) for c in suite.cells()}
 
 
 def _add_new_columns(engine: sa.Engine) -> None:

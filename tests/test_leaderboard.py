@@ -487,6 +487,17 @@ def test_plots_name_the_metric_and_do_not_magnify_sub_resolution_differences(tmp
             assert high - low == pytest.approx(MIN_SPAN) and low < 0.7496 and 0.7501 < high
 
 
+def test_every_regularizer_of_a_full_board_has_its_own_color(tmp_path):
+    names = ["vanilla", *(f"reg{i:02d}" for i in range(19))]
+    scores = {("rte", 100): {name: [0.60 + i / 100] * 3 for i, name in enumerate(names)}}
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, BASELINES, META)
+    ax = figures(board)["rte-sizes"].axes[0]
+    colors = {line.get_label(): line.get_color() for line in ax.get_lines()
+              if line.get_label() in names}
+    assert set(colors) == set(names) and colors["vanilla"] == (0.0, 0.0, 0.0)
+    assert len(set(colors.values())) == len(names)
+
+
 # Publishing -----------------------------------------------------------------------------------
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -1,3 +1,4 @@
+import logging
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ from regbench.cli import main
 from regbench.errors import RegbenchError
 from regbench.harness import RunResult
 from regbench.runner import Plan, SuiteRunner, estimate_seconds, task_costs
-from regbench.store import Store
+from regbench.store import Store, stored_per_cell
 from regbench.suite import Cell, load_suite, parse_suite
 from regbench.tuning import open_study
 from regbench.workers import Claim, Worker
@@ -33,7 +34,7 @@ def tiny_suite(**changes):
     return parse_suite(values)
 
 
-def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
+def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path, caplog):
     storage = f"sqlite:///{tmp_path / 'tiny.db'}"
     suite = tiny_suite()
     tally = SuiteRunner(suite, storage, data_dir=glue_dir, progress=False).run()
@@ -65,8 +66,13 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path):
 
     # A regularizer added under the suite's name trains alone: the others' runs stay as stored.
     grown = tiny_suite(regularizers=["vanilla", "weight_decay", "l2sp"])
-    extended = SuiteRunner(grown, storage, data_dir=glue_dir, progress=False).run()
+    assert Plan.of(grown).left(stored_per_cell(Store(storage).frame("tiny"), grown)) == {
+        Cell("vanilla", "rte", 16): 0, Cell("weight_decay", "rte", 16): 0,
+        Cell("l2sp", "rte", 16): 4}
+    with caplog.at_level(logging.INFO, logger="regbench.runner"):
+        extended = SuiteRunner(grown, storage, data_dir=glue_dir, progress=False).run()
     assert (extended.executed, extended.cached) == (4, 4)  # l2sp's 2 trials and 2 final runs
+    assert "3 cells, 10 runs planned, 4 of them to train" in caplog.text
 
 
 def test_force_reruns_stored_runs(glue_dir, tmp_path):
@@ -278,9 +284,31 @@ def test_dry_run_says_which_device_and_precision_it_estimates(monkeypatch, glue_
     assert main(["run", "--suite", str(path), "--dry-run", "--device", "cpu", "--data-dir",
                  str(glue_dir), "--storage", f"sqlite:///{tmp_path / 'tiny.db'}"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"2 runs, about 0 minutes for one worker on cpu \(.+, \d+ threads?\) in fp32",
-                     out)
+    assert re.search(r"2 runs, 0 of them done: about 0 minutes for the other 2 with one worker "
+                     r"on cpu \(.+, \d+ threads?\) in fp32", out)
     assert not (tmp_path / "tiny.db").exists()
+
+
+def test_dry_run_counts_the_runs_already_stored(monkeypatch, glue_dir, tmp_path, capsys):
+    path, storage = tmp_path / "tiny.yaml", f"sqlite:///{tmp_path / 'tiny.db'}"
+    suite = {"tasks": ["rte"], "sizes": [16], "final_seeds": [1, 2], "regularizers": ["vanilla"],
+             "recipe": TINY_RECIPE}
+    path.write_text(yaml.safe_dump(suite))
+    common = ["--suite", str(path), "--device", "cpu", "--data-dir", str(glue_dir),
+              "--storage", storage]
+    assert main(["run", *common, "--seeds", "1"]) == 0
+    # The suite grows by a seed and a tuned regularizer: only vanilla's first seed is stored.
+    path.write_text(yaml.safe_dump({**suite, "regularizers": ["vanilla", "weight_decay"],
+                                    "tuning_seeds": [101], "tuning": {"trials": 2}}))
+    _timed_runs(monkeypatch)
+    capsys.readouterr()
+    assert main(["run", *common, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith(("vanilla", "weight_decay"))}
+    assert rows["vanilla"][3:7] == ["0", "0", "2", "1"]  # trials, tuning, final runs, done
+    assert rows["weight_decay"][3:7] == ["2", "2", "2", "0"]
+    assert "6 runs, 1 of them done: about 0 minutes for the other 5 with one worker" in out
 
 
 def _write_suite(tmp_path, seeds):
