@@ -33,6 +33,7 @@ SHAPES = {"16x128": (Recipe(precision="fp32", **LONG), None, 4),
 @pytest.mark.parametrize("shape", SHAPES)
 def test_step_time_relative_to_vanilla(benchmark, glue_dir, shape):
     recipe, threads, batches = SHAPES[shape]
+    benchmark.group = f"regularizer-cost-{shape}"  # steps of different sizes in tables apart
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:

@@ -159,7 +159,7 @@ def cmd_run(args) -> None:
         precision = "bf16 autocast" if mixed_precision(suite.recipe.precision, device) else "fp32"
         log.info("timing two short runs per task on %s for the estimate", device)
         seconds = estimate_seconds(plan, args.device, args.data_dir)
-        left = plan.left({} if args.force else _stored_runs(suite, storage))
+        left = _left_to_train(plan, storage, args.force)
         rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
                  plan.tuning_runs(c), len(suite.final_seeds), plan.runs(c) - left[c],
                  seconds[c] * left[c] / 60] for c in plan.cells]
@@ -180,17 +180,18 @@ def cmd_run(args) -> None:
           f"runs' training saved by the pruner; results in {storage}")
 
 
-def _stored_runs(suite, storage: str) -> dict:
-    """`stored_per_cell` of the suite's store; nothing where it cannot be read (the run itself
-    will say why)."""
-    from regbench.store import Store, stored_per_cell
+def _left_to_train(plan, storage: str, force: bool) -> dict:
+    """`Plan.left` from the suite's store: every run where it cannot be read (the run itself will
+    say why) or with --force."""
+    from regbench.store import Store
 
-    try:
-        frame = Store(storage, create=False).frame(suite.name)
-    except RegbenchError as err:
-        log.info("no stored runs counted: %s", err)
-        return {}
-    return stored_per_cell(frame, suite)
+    if not force:
+        try:
+            store = Store(storage, create=False)
+            return plan.left(store.frame(plan.suite.name), store.study_names())
+        except RegbenchError as err:
+            log.info("no stored runs counted: %s", err)
+    return {cell: plan.runs(cell) for cell in plan.cells}
 
 
 def cmd_results(args) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+import pandas as pd
 import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
@@ -111,15 +112,35 @@ class Plan:
     def total_runs(self) -> int:
         return sum(map(self.runs, self.cells))
 
-    def left(self, stored: dict[Cell, tuple[int, int]]) -> dict[Cell, int]:
-        """Per cell, the runs still to train given its stored tuning runs and final seeds
-        (`stored_per_cell`). A cell with every final seed has finished its tuning, though it may
-        hold fewer tuning runs than trials: a trial that repeats one keeps its stored run."""
+    def config(self, cell: Cell, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        """What decides a run's outcome, its key: every parameter's value, defaults included."""
+        cls = get_regularizer(cell.regularizer)
+        return {"regularizer": cell.regularizer, "regularizer_version": cls.version,
+                "params": cls.check_params(params, self.depth), "task": cell.task,
+                "n_train": cell.size, "data_seed": self.suite.data_seed, "seed": seed,
+                "model": self.suite.model, "recipe": self.suite.recipe.as_dict()}
+
+    def left(self, frame: pd.DataFrame, studies: set[str]) -> dict[Cell, int]:
+        """Per cell, the runs still to train, given the suite's stored runs and the names of the
+        studies in its store. An untuned cell's final runs are known by their keys. A tuned cell
+        starts afresh unless its study, named by all that decides it, is stored; then its final
+        seeds are counted in the store, and once one is there every trial was spent, though
+        fewer tuning runs may be stored than trials (a repeated trial reuses its run, a pruned
+        one stores one run for all its seeds)."""
+        keys = set(frame.key[frame.status.isin(SETTLED)])
+        stored = stored_per_cell(frame, self.suite)
         left = {}
         for cell in self.cells:
-            tuning, seeds = stored.get(cell, (0, 0))
-            finals = len(self.suite.final_seeds) - seeds
-            left[cell] = finals + (max(0, self.tuning_runs(cell) - tuning) if finals else 0)
+            fixed = self.suite.regularizers[cell.regularizer]
+            if not self.tuning_runs(cell):
+                left[cell] = sum(run_key(self.config(cell, fixed, seed)) not in keys
+                                 for seed in self.suite.final_seeds)
+            elif self.study_name(cell) not in studies:
+                left[cell] = self.runs(cell)
+            else:
+                tuning, seeds = stored[cell]
+                tuning_left = 0 if seeds else max(0, self.tuning_runs(cell) - tuning)
+                left[cell] = len(self.suite.final_seeds) - seeds + tuning_left
         return left
 
 
@@ -170,15 +191,6 @@ class SuiteRunner:
         self._tuned: dict[Cell, dict[str, Any] | None] = {}  # each cell's outcome of `tune`
 
     # -- one run -----------------------------------------------------------------------------
-    def _config(self, cell: Cell, params: dict[str, Any], seed: int) -> dict[str, Any]:
-        """What decides a run's outcome: every parameter's value, defaults included."""
-        cls = get_regularizer(cell.regularizer)
-        return {"regularizer": cell.regularizer, "regularizer_version": cls.version,
-                "params": cls.check_params(params, self.plan.depth), "task": cell.task,
-                "n_train": cell.size,
-                "data_seed": self.suite.data_seed, "seed": seed, "model": self.suite.model,
-                "recipe": self.suite.recipe.as_dict()}
-
     def _since_start(self, stored: dict) -> bool:
         finished = stored["finished_at"]
         return finished.replace(tzinfo=finished.tzinfo or timezone.utc) >= self.started
@@ -192,7 +204,7 @@ class SuiteRunner:
     def run_one(self, phase: str, cell: Cell, params: dict[str, Any], seed: int,
                 trial: int | None = None, on_evaluate=None) -> dict[str, Any]:
         """Train and store one run, or return the stored one."""
-        config = self._config(cell, params, seed)
+        config = self.plan.config(cell, params, seed)
         key = run_key(config)
         stored = self.store.get(key)
         if self._settled(stored):
@@ -359,7 +371,7 @@ class SuiteRunner:
         """Train the final seeds this worker can claim; True once none is left to anyone."""
         complete = True
         for seed in self.suite.final_seeds:
-            key = run_key(self._config(cell, params, seed))
+            key = run_key(self.plan.config(cell, params, seed))
             if key in self._attempted:
                 continue
             stored = self.store.get(key)
@@ -397,9 +409,8 @@ class SuiteRunner:
         from tqdm.auto import tqdm
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        stored = {} if self.force else stored_per_cell(self.store.frame(self.suite.name),
-                                                       self.suite)
-        self._to_train = sum(self.plan.left(stored).values())
+        self._to_train = self.plan.total_runs() if self.force else sum(self.plan.left(
+            self.store.frame(self.suite.name), self.store.study_names()).values())
         log.info("suite %s: %d cells, %d runs planned, %d of them to train, storage %s, "
                  "device %s", self.suite.name, len(self.plan.cells), self.plan.total_runs(),
                  self._to_train, self.storage, self.device)
@@ -438,7 +449,7 @@ class SuiteRunner:
             if params is None:
                 found.append(f"{name}: no tuning trial completed")
                 continue
-            stored = [self.store.get(run_key(self._config(cell, params, seed)))
+            stored = [self.store.get(run_key(self.plan.config(cell, params, seed)))
                       for seed in self.suite.final_seeds]
             errors = {_last_line(row["error"]) for row in stored
                       if row is not None and row["status"] == FAILED}
@@ -465,7 +476,7 @@ class SuiteRunner:
         # Two bounds on what is left: the runs not yet counted include stored ones that cost
         # nothing to skip, and those this worker found to train include other workers' share.
         trained = self.tally.executed + self.tally.pruned
-        left = min(self._bar.total - self._bar.n, self._to_train - trained)
+        left = max(0, min(self._bar.total - self._bar.n, self._to_train - trained))
         eta = "?"  # until a run has trained here: stored runs cost nothing to skip
         if self.tally.seconds:
             pace = statistics.fmean(self.tally.seconds) / max(1, self.worker.live_workers())

@@ -183,7 +183,9 @@ def database_call(method: Callable[..., T]) -> Callable[..., T]:
                         log.warning("lost the database at %s (%s); trying again for up to %.0f s",
                                     _where(self.url), type(err).__name__, self.patience)
                 if _disconnected(err) and now < give_up:
-                    time.sleep(min(delay, give_up - now) * random.uniform(0.5, 1.0))
+                    # Jitter on the back-off, not on the time left: a fraction of what is left
+                    # would shrink without end and call the server ever faster near the deadline.
+                    time.sleep(min(delay * random.uniform(0.5, 1.0), give_up - now))
                     delay = min(2 * delay, 30.0)
                     continue
                 problem = explain(err, self.url)
@@ -318,7 +320,8 @@ def stored_per_cell(frame: pd.DataFrame, suite: Suite) -> dict[Cell, tuple[int, 
     """Per cell of the suite, its tuning runs and final seeds in `frame` (the store's runs of the
     suite) that running it would keep rather than train: settled, or pruned for tuning runs."""
     mine = runs_of_setup(frame, suite)
-    tuning = mine[(mine.phase == "tune") & mine.status.isin((*SETTLED, PRUNED))]
+    tuning = mine[(mine.phase == "tune") & mine.status.isin((*SETTLED, PRUNED))
+                  & mine.seed.isin(suite.tuning_seeds)]
     finals = mine[(mine.phase == "final") & mine.status.isin(SETTLED)
                   & mine.seed.isin(suite.final_seeds)]
     cell = ["regularizer", "task", "n_train"]
@@ -507,6 +510,14 @@ class Store:
             connection.execute(sa.insert(runs).values(**row))
 
     @database_call
+    def study_names(self) -> set[str]:
+        """The Optuna studies the database holds; none before the first, read without creating
+        Optuna's tables."""
+        with self.engine.connect() as connection:
+            if not sa.inspect(connection).has_table("studies"):
+                return set()
+            return set(connection.execute(sa.text("select study_name from studies")).scalars())
+
     def frame(self, suite: str | None = None) -> pd.DataFrame:
         query = sa.select(*self._columns)
         if suite is not None:

@@ -19,7 +19,7 @@ from regbench.cli import main
 from regbench.errors import RegbenchError
 from regbench.harness import RunResult
 from regbench.runner import Plan, SuiteRunner, estimate_seconds, task_costs
-from regbench.store import Store, stored_per_cell
+from regbench.store import Store
 from regbench.suite import Cell, load_suite, parse_suite
 from regbench.tuning import open_study
 from regbench.workers import Claim, Worker
@@ -66,9 +66,18 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path, caplog):
 
     # A regularizer added under the suite's name trains alone: the others' runs stay as stored.
     grown = tiny_suite(regularizers=["vanilla", "weight_decay", "l2sp"])
-    assert Plan.of(grown).left(stored_per_cell(Store(storage).frame("tiny"), grown)) == {
+    store = Store(storage)
+    assert Plan.of(grown).left(store.frame("tiny"), store.study_names()) == {
         Cell("vanilla", "rte", 16): 0, Cell("weight_decay", "rte", 16): 0,
         Cell("l2sp", "rte", 16): 4}
+    # A seed more: one run a cell; the tuning is done, though it stored no more runs than trials.
+    more_seeds = tiny_suite(final_seeds=[1, 2, 3])
+    assert Plan.of(more_seeds).left(store.frame("tiny"), store.study_names()) == {
+        Cell("vanilla", "rte", 16): 1, Cell("weight_decay", "rte", 16): 1}
+    # Another tuning budget is another study: the tuned cells start afresh, vanilla does not.
+    retuned = tiny_suite(tuning={"trials": 3, "pruner": "median"})
+    assert Plan.of(retuned).left(store.frame("tiny"), store.study_names()) == {
+        Cell("vanilla", "rte", 16): 0, Cell("weight_decay", "rte", 16): 5}
     with caplog.at_level(logging.INFO, logger="regbench.runner"):
         extended = SuiteRunner(grown, storage, data_dir=glue_dir, progress=False).run()
     assert (extended.executed, extended.cached) == (4, 4)  # l2sp's 2 trials and 2 final runs
