@@ -186,7 +186,7 @@ class SuiteRunner:
         self.worker: Worker | None = None
         self._bar = None
         self._counted: dict[Cell, int] = {}  # progress units of each cell shown so far
-        self._to_train = 0  # runs not stored when the suite started here
+        self._to_train = 0  # runs left to train when the suite started here
         self._attempted: set[str] = set()  # final runs this worker has tried once
         self._tuned: dict[Cell, dict[str, Any] | None] = {}  # each cell's outcome of `tune`
 

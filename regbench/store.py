@@ -518,6 +518,7 @@ class Store:
                 return set()
             return set(connection.execute(sa.text("select study_name from studies")).scalars())
 
+    @database_call
     def frame(self, suite: str | None = None) -> pd.DataFrame:
         query = sa.select(*self._columns)
         if suite is not None:
