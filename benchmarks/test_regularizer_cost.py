@@ -29,7 +29,6 @@ SHAPES = {"16x128": (Recipe(precision="fp32", **LONG), None, 4),
           "glue-cpu": (Recipe(batch_size=8, max_length=48, pooling="mean", **LONG), 1, 8)}
 
 
-@pytest.mark.benchmark(group="regularizer-cost")
 @pytest.mark.parametrize("shape", SHAPES)
 def test_step_time_relative_to_vanilla(benchmark, glue_dir, shape):
     recipe, threads, batches = SHAPES[shape]

@@ -23,7 +23,7 @@ from regbench.recipe import Recipe
 from regbench.tasks import Task
 
 log = logging.getLogger(__name__)
-FUSED_ADAMW = ("cpu", "cuda")  # the devices regbench is tested on; torch fuses on more
+FUSED_ADAMW = ("cpu", "cuda")  # the devices regbench is built for; torch fuses on more
 
 
 @dataclass

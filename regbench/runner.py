@@ -13,10 +13,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import pandas as pd
 import sqlalchemy as sa
 import torch
 from optuna.trial import TrialState
@@ -52,6 +51,9 @@ from regbench.tuning import (
     suggest,
 )
 from regbench.workers import Claim, Worker
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
