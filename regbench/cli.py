@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -109,6 +110,7 @@ def cmd_train(args) -> None:
     device = pick_device(args.device)
     data = task_data(task, args.n_train, args.data_seed, args.model, recipe.max_length,
                      args.data_dir)
+    _warn_below_min_steps(args, recipe, len(data.train))
     log.info("training %s on %s: %d examples, %d steps, %s", regularizer.name, task.name,
              len(data.train), recipe.total_steps(len(data.train)), device)
     result = fine_tune(data, regularizer, args.seed, args.model, recipe, device,
@@ -132,6 +134,15 @@ def cmd_train(args) -> None:
         print(f"noise stability: the last layer moves {result.noise_stability['summary']:.3f} of "
               "its norm for 5% noise at the embeddings")
     print(f"{result.steps} steps in {result.seconds:.1f} s")
+
+
+def _warn_below_min_steps(args, recipe, n_train: int) -> None:
+    """A warning when --epochs asks for fewer steps than the default minimum the run will take."""
+    epoch_steps = recipe.epochs * math.ceil(n_train / recipe.batch_size)
+    if args.epochs is not None and args.min_steps is None and epoch_steps < recipe.min_steps:
+        log.warning("--epochs %d is %d steps over %d examples, below the default minimum of %d "
+                    "steps: training %d steps; --min-steps 0 trains the epochs alone.",
+                    recipe.epochs, epoch_steps, n_train, recipe.min_steps, recipe.min_steps)
 
 
 def _suite_from_args(args):
@@ -183,12 +194,14 @@ def cmd_run(args) -> None:
 def _left_to_train(plan, storage: str, force: bool) -> dict:
     """`Plan.left` from the suite's store: every run where it cannot be read (the run itself will
     say why) or with --force."""
-    from regbench.store import Store
+    from regbench.store import NothingStored, Store
 
     if not force:
         try:
             store = Store(storage, create=False)
             return plan.left(store.frame(plan.suite.name), store.study_names())
+        except NothingStored:
+            log.info("nothing stored yet in %s: every run is still to train", storage)
         except RegbenchError as err:
             log.info("no stored runs counted: %s", err)
     return {cell: plan.runs(cell) for cell in plan.cells}

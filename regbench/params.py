@@ -30,6 +30,7 @@ class Param:
     `kind` is the default's type unless given (an `int` is accepted for a float, never a bool).
     `ge`, `gt`, `le`, `lt` bound a number; a bound may be a function of the encoder's depth (for
     layer indices). `choices` lists the values a categorical option takes. `nullable` admits None.
+    `origin` says where the allowed values came from when the plugin did not declare them.
     """
 
     default: Any
@@ -41,6 +42,7 @@ class Param:
     choices: tuple | None = None
     nullable: bool = False
     help: str = ""
+    origin: str = ""
 
     @property
     def type(self) -> type:
@@ -106,17 +108,21 @@ class Param:
         try:
             return self.check(value, layers)
         except ValueError as err:
+            origin = f" ({self.origin})" if self.origin else ""
             raise RegbenchError(f"{what} = {reprlib.repr(value)} is not allowed; it must be "
-                                f"{err}.") from None
+                                f"{err}{origin}.") from None
 
     @classmethod
     def inferred(cls, default: Any, searched: BaseDistribution | None) -> Param:
         """The declaration of a plugin that gave only a default (and maybe a search range): its
         type from the default, its range from the search space."""
+        origin = ("its search space's range: the plugin declares no `hyperparameters`, so the "
+                  "values its search space explores are the only ones allowed; declaring the "
+                  "parameter allows more")
         if isinstance(searched, CategoricalDistribution):
-            return cls(default, choices=tuple(searched.choices))
+            return cls(default, choices=tuple(searched.choices), origin=origin)
         if isinstance(searched, (FloatDistribution, IntDistribution)):
-            return cls(default, ge=searched.low, le=searched.high)
+            return cls(default, ge=searched.low, le=searched.high, origin=origin)
         return cls(default, nullable=default is None, kind=object if default is None else None)
 
 

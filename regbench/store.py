@@ -96,6 +96,10 @@ def _where(url: str | sa.URL) -> str:
 
 _FULL = ("the disk is full; free some space (or move the store elsewhere with --storage) and run "
          "the same command again")
+class NothingStored(RegbenchError):
+    """The store a read asked for is not there yet: no file, or a database without tables."""
+
+
 _DAMAGED = ("it is damaged (database disk image is malformed); restore it from a copy, or name a "
             "new file with --storage")
 _NOT_SQLITE = "it is not a SQLite database; name a regbench store, or a new file"
@@ -388,7 +392,7 @@ def open_database(url: str, create: bool) -> sa.Engine:
         engine.dispose()
         found = f"another program's tables ({', '.join(sorted(tables)[:5])})" if tables else \
             "no tables"
-        raise RegbenchError(f"Storage {_where(url)} holds {found}, none of regbench's: it is not "
+        raise (RegbenchError if tables else NothingStored)(f"Storage {_where(url)} holds {found}, none of regbench's: it is not "
                             "a regbench store. Name the store of this suite with --storage"
                             + (", or a new database." if create else
                                ", or run the suite first to make one."))
@@ -411,7 +415,7 @@ def _sqlite_engine(path: Path, url: str, create: bool) -> sa.Engine:
         raise RegbenchError(f"{where} is a folder, not a database file.")
     if not path.exists():
         if not create:
-            raise RegbenchError(f"{where}: no such file, so no runs to show. Run the suite first "
+            raise NothingStored(f"{where}: no such file, so no runs to show. Run the suite first "
                                 "(regbench run), or name its store with --storage.")
         if not path.parent.is_dir():
             raise RegbenchError(f"{where}: the folder {path.parent} does not exist; create it, or "

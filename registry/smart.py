@@ -37,9 +37,23 @@ def divergence(a: torch.Tensor, b: torch.Tensor, regression: bool,
     return (weights * (log_p - log_q)).sum(-1)
 
 
-def unit_inf_norm(delta: torch.Tensor) -> torch.Tensor:
-    """Scale each token's vector (the last dimension) to ∞-norm 1."""
-    return delta / delta.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(delta.dtype).tiny)
+def stable_kl(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """mt-dnn's `stable_kl` per example, what its SMART ascends: Σ_c 2·p_c·(r(p_c) − r(q_c)),
+    p = softmax(logits), q = softmax(target), r(x) = −log(1/(x + ε) − 1 + ε), about log(x/(1 − x)).
+    r is a constant: the gradient reaches `logits` through the first p alone."""
+    p, q = logits.float().softmax(-1), target.float().softmax(-1)
+
+    def odds(x: torch.Tensor) -> torch.Tensor:
+        return -(1.0 / (x.detach() + eps) - 1.0 + eps).log()
+
+    return (2.0 * p * (odds(p) - odds(q))).sum(-1)
+
+
+def unit_inf_norm(delta: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Scale each token's vector (the last dimension) to ∞-norm 1; with `eps`, divide it by its
+    ∞-norm + eps instead, as mt-dnn's `_norm_grad` does."""
+    norm = delta.abs().amax(-1, keepdim=True)
+    return delta / (norm + eps if eps else norm.clamp_min(torch.finfo(delta.dtype).tiny))
 
 
 def embedding_layer(model: torch.nn.Module) -> torch.nn.Module:
@@ -93,10 +107,12 @@ class EmbeddingOutput:
 
 def adversarial_perturbation(model: torch.nn.Module, embedded: torch.Tensor,
                              inputs: dict[str, torch.Tensor], clean_logits: torch.Tensor,
-                             regression: bool, sigma: float, eta: float,
-                             steps: int) -> torch.Tensor:
+                             regression: bool, sigma: float, eta: float, steps: int,
+                             ascend_stable_kl: bool = False, norm_eps: float = 0.0) -> torch.Tensor:
     """δ on the embedding layer's output `embedded` after `steps` of projected gradient ascent on
-    ℓ_s, from δ₀ ~ N(0, σ²). Only δ is differentiated: no parameter gradient is computed here."""
+    ℓ_s (for classification, on `stable_kl` if `ascend_stable_kl`), from δ₀ ~ N(0, σ²), each step
+    normalised by `unit_inf_norm` with `norm_eps`. Only δ is differentiated: no parameter
+    gradient is computed here."""
     embedded, clean_logits = embedded.detach(), clean_logits.detach()
     delta = torch.randn_like(embedded) * sigma
     for _ in range(steps):
@@ -104,8 +120,12 @@ def adversarial_perturbation(model: torch.nn.Module, embedded: torch.Tensor,
         logits = logits_at(model, inputs, embedded + delta)
         # Summed over the batch, as the reference code does: each example's δ gets its own
         # gradient, whatever the batch size.
-        (grad,) = torch.autograd.grad(divergence(logits, clean_logits, regression).sum(), delta)
-        delta = unit_inf_norm(delta.detach() + eta * grad)
+        if ascend_stable_kl and not regression:
+            ascended = stable_kl(logits, clean_logits)
+        else:
+            ascended = divergence(logits, clean_logits, regression)
+        (grad,) = torch.autograd.grad(ascended.sum(), delta)
+        delta = unit_inf_norm(delta.detach() + eta * grad, norm_eps)
     return delta.detach()
 
 
@@ -124,17 +144,32 @@ class Smart(Regularizer):
     The perturbed passes call the model in whatever mode the harness left it, so they draw dropout
     exactly as the main pass does. The teacher is a frozen copy in eval mode, moved only by the
     momentum update of `after_step`.
+
+    Two details of the ascent follow regularizers.md by default, and mt-dnn's code by option:
+    - `norm_eps`: each ascent step divides δ + η·g by its per-token ∞-norm, so δ has ∞-norm 1
+      (0, the default); mt-dnn divides by the ∞-norm + `adv_epsilon` (1e-6), and as that norm is
+      a few times 1e-5 (δ₀'s; η·g is far smaller), its δ has a per-token ∞-norm below 1.
+    - `ascent`: the ascent climbs ℓ_s, the symmetric KL (`symmetric_kl`, the default); mt-dnn
+      climbs `stable_kl` (see that function), whose gradient points elsewhere. Regression
+      climbs the squared error either way, as mt-dnn does.
+    Both at mt-dnn's values (`norm_eps: 1.0e-6, ascent: stable_kl`) give its perturbation: on
+    MiniLM (four RTE batches of 16) a per-token ∞-norm of 0.96–0.98, where the default's R_s is
+    8–12% higher.
     """
 
     name = "smart"
-    version = "2"  # 2: δ on the embedding output, not the word embeddings; detached KL targets
+    # 2: δ on the embedding output, not the word embeddings; detached KL targets. 3: the options
+    # norm_eps and ascent.
+    version = "3"
     description = ("Adversarial smoothness on the embedding layer's output (K steps of projected "
                    "ascent) and a Bregman proximal term toward a momentum teacher.")
     citation = ("Jiang et al., ACL 2020, SMART: Robust and efficient fine-tuning for pre-trained "
                 "natural language models through principled regularized optimization")
     hyperparameters = {"lambda_s": Param(1.0, ge=0), "eta": Param(1e-3, ge=0),
                        "sigma": Param(1e-5, ge=0), "K": Param(1, ge=0), "mu": Param(1.0, ge=0),
-                       "beta": Param(0.99, ge=0, le=1), "teacher": Param(True)}
+                       "beta": Param(0.99, ge=0, le=1), "teacher": Param(True),
+                       "norm_eps": Param(0.0, ge=0),
+                       "ascent": Param("symmetric_kl", choices=("symmetric_kl", "stable_kl"))}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
@@ -164,7 +199,8 @@ class Smart(Regularizer):
         embedded = self.embedded.take()
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         delta = adversarial_perturbation(model, embedded, inputs, outputs.logits, self.regression,
-                                         p["sigma"], p["eta"], p["K"])
+                                         p["sigma"], p["eta"], p["K"],
+                                         p["ascent"] == "stable_kl", p["norm_eps"])
         perturbed = logits_at(model, inputs, embedded + delta)
         loss = task_loss + p["lambda_s"] * divergence(perturbed, outputs.logits, self.regression,
                                                       detached_targets=True).mean()

@@ -5,6 +5,7 @@ their own."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -12,12 +13,14 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from regbench import features
-from regbench.cli import main
+from regbench.cli import _warn_below_min_steps, main
+from regbench.recipe import Recipe
 from regbench.store import Store
 
 TINY = ("tasks: [rte]\nsizes: [16]\nregularizers: [vanilla]\nfinal_seeds: [1]\n"
@@ -461,3 +464,17 @@ def test_a_bug_is_one_line_naming_the_plugin_and_debug_shows_the_traceback(
     debugged = _regbench(*args, "--debug", env=env)
     assert debugged.returncode == 1 and "Traceback" in debugged.stderr
     assert "KeyError: 'missing'" in debugged.stderr
+
+
+def test_epochs_below_the_default_minimum_of_steps_say_so(caplog):
+    caplog.set_level(logging.WARNING, logger="regbench")
+    given = SimpleNamespace(epochs=1, min_steps=None)  # `regbench train --epochs 1`
+    _warn_below_min_steps(given, Recipe(epochs=1, batch_size=8), 32)
+    assert ("--epochs 1 is 4 steps over 32 examples, below the default minimum of 300 steps: "
+            "training 300 steps; --min-steps 0 trains the epochs alone.") in caplog.text
+    caplog.clear()
+    # A minimum the user chose, or epochs beyond the minimum, are no news.
+    _warn_below_min_steps(SimpleNamespace(epochs=1, min_steps=300),
+                             Recipe(epochs=1, batch_size=8), 32)
+    _warn_below_min_steps(SimpleNamespace(epochs=10, min_steps=None), Recipe(epochs=10), 1000)
+    assert caplog.text == ""

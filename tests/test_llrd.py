@@ -1,5 +1,6 @@
 """llrd against its definition: after k scheduler steps each parameter learns at
-base · decay^(L − l) times the recipe's linear schedule, l its depth; decay = 1 is vanilla."""
+base · decay^(L − l) times the recipe's linear schedule, l its depth; decay = 1 is vanilla; with
+`top_layer: decayed`, the rates of Zhang et al.'s loop."""
 
 from __future__ import annotations
 
@@ -78,8 +79,30 @@ def test_frozen_parameters_stay_out_of_the_optimiser():
         [2e-5 * 0.95 ** (LAYERS - depth) for depth in range(1, LAYERS + 1)], rel=1e-12)
 
 
+def test_top_layer_decayed_gives_zhang_et_als_rates():
+    """Their loop: the pooler and classifier at the base rate, then, from the top layer down to
+    the embeddings, the rate multiplied by decay before each."""
+    state = _state_after(LLRD(decay=0.8, top_layer="decayed"), 2)
+    base = 0.1 * _linear_schedule(2)
+    rate, expected = base, {}
+    for depth in range(LAYERS, -1, -1):
+        rate *= 0.8
+        expected[depth] = rate
+    rate_of = {id(p): group["lr"] for group in state.optimizer.param_groups
+               for p in group["params"]}
+    for name, p in state.model.named_parameters():
+        top = not name.startswith(("bert.embeddings.", "bert.encoder."))  # pooler, classifier
+        assert rate_of[id(p)] == pytest.approx(base if top else expected[_depth(name)],
+                                               rel=1e-12), name
+    # One power of decay below the default's form at every encoder depth.
+    default = _state_after(LLRD(decay=0.8), 2)
+    assert [g["lr"] for g in state.optimizer.param_groups][:LAYERS + 1] == pytest.approx(
+        [0.8 * g["lr"] for g in default.optimizer.param_groups][:LAYERS + 1], rel=1e-12)
+
+
 def test_registration_defaults_and_search_space():
     regularizer = build("llrd")
-    assert type(regularizer) is LLRD and regularizer.params == {"decay": 0.95}
+    assert type(regularizer) is LLRD
+    assert regularizer.params == {"decay": 0.95, "top_layer": "base"}
     assert regularizer.extra_passes() == 0.0 and regularizer.setup_passes() == 0.0
     assert LLRD.search_space(6) == {"decay": FloatDistribution(0.5, 1.0)}

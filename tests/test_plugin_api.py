@@ -319,6 +319,11 @@ def test_a_first_version_plugin_gets_types_from_defaults_and_ranges_from_its_sea
                          ({"mode": 3}, "a string"), ({"flag": "no"}, "true or false")]:
         with pytest.raises(RegbenchError, match=f"it must be {allowed}"):
             FirstVersion.check_params(bad, layers=6)
+    # The range is the search space's, and the error says so.
+    with pytest.raises(RegbenchError, match=r"alpha = 20\.0 is not allowed; it must be a number "
+                                            r"≥ 0\.1 and ≤ 10 \(its search space's range: the "
+                                            r"plugin declares no `hyperparameters`"):
+        FirstVersion.check_params({"alpha": 20.0})
 
 
 # -- plugins checked when they are loaded --------------------------------------------------------

@@ -28,7 +28,7 @@ def _linear_factors(warmup: int, total: int) -> list[float]:
 def test_lambda_and_the_rates_follow_the_sigmoid_schedule(tiny_bert):
     model, head = tiny_bert
     recipe = Recipe(learning_rate=1e-3, warmup_ratio=0.1, epochs=0, min_steps=40)
-    regularizer = RecAdam(k=0.5, t0=0.25)  # t0 at step 10 of 40
+    regularizer = RecAdam(k=20.0, t0=0.25)  # 0.5 per step of 40, t0 at step 10
     state = set_up(regularizer, model, get_task("rte"), head, recipe)
     for t in (1, 5, 10, 11, 40):
         assert regularizer.anneal(t) == pytest.approx(1 / (1 + math.exp(-0.5 * (t - 10))),
@@ -41,9 +41,28 @@ def test_lambda_and_the_rates_follow_the_sigmoid_schedule(tiny_bert):
         state.optimizer.step()  # no gradients: nothing moves
         state.scheduler.step()
 
-    far = RecAdam(k=1.0, t0=1.0)  # e^999 would overflow a naive formula
+    far = RecAdam(k=1000.0, t0=1.0)  # e^999 would overflow a naive formula
     set_up(far, model, get_task("rte"), head, Recipe(epochs=0, min_steps=1000))
     assert far.anneal(1) == pytest.approx(math.exp(-999), rel=1e-9) and far.anneal(2000) == 1.0
+
+
+def test_the_anneal_takes_the_same_share_of_every_run_as_in_the_authors(tiny_bert):
+    """At the defaults, a run of 9,000 steps anneals as the authors' `anneal_function` with their
+    k = 0.1 per step and t0 = 900 steps; a run of 300 at the same shares of its length."""
+    model, head = tiny_bert
+    runs = {}
+    for total in (9000, 300):
+        runs[total] = RecAdam()
+        set_up(runs[total], model, get_task("rte"), head, Recipe(epochs=0, min_steps=total))
+    for t in (1, 850, 900, 901, 950, 9000):
+        assert runs[9000].anneal(t) == pytest.approx(1 / (1 + math.exp(-0.1 * (t - 900))),
+                                                     rel=1e-9, abs=1e-300)
+    for share in (0.05, 0.1, 0.11, 0.5):
+        assert runs[300].anneal(round(share * 300)) == pytest.approx(
+            runs[9000].anneal(round(share * 9000)), rel=1e-9, abs=1e-300)
+    # From 0.12 to 0.88 within 40 of the 9,000 steps, so within 4/3 of a step of the 300.
+    rising = [t for t in range(1, 301) if 0.12 < runs[300].anneal(t) < 0.88]
+    assert rising == [30]
 
 
 def _authors_steps(model, head, batches, lr_factors, k, t0, gamma, lr):
@@ -88,7 +107,7 @@ def test_real_steps_match_the_authors_update(tiny_bert, tiny_batches):
     # Two warmup steps: the first runs at rate 0 and only fills Adam's moments.
     recipe = Recipe(learning_rate=1e-2, warmup_ratio=0.2, epochs=0, min_steps=10,
                     precision="fp32")
-    regularizer = RecAdam(k=1.0, t0=0.2, gamma=20.0)
+    regularizer = RecAdam(k=10.0, t0=0.2, gamma=20.0)  # theirs per step of 10, t0 at step 2
     state = set_up(regularizer, model, get_task("rte"), head, recipe)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     for batch, expected in zip(tiny_batches, reference, strict=True):
@@ -103,8 +122,8 @@ def test_real_steps_match_the_authors_update(tiny_bert, tiny_batches):
 
 def test_registration_defaults_and_search_space():
     assert type(build("recadam")) is RecAdam
-    assert RecAdam.defaults == {"k": 0.1, "t0": 0.1, "gamma": 5000.0}
-    assert RecAdam.search_space(6) == {"k": FloatDistribution(0.05, 1.0, log=True),
+    assert RecAdam.defaults == {"k": 900.0, "t0": 0.1, "gamma": 5000.0}
+    assert RecAdam.search_space(6) == {"k": FloatDistribution(450.0, 9000.0, log=True),
                                        "t0": FloatDistribution(0.01, 0.5, log=True),
                                        "gamma": FloatDistribution(500.0, 20000.0, log=True)}
     assert build("recadam").extra_passes() == 0

@@ -284,7 +284,8 @@ def test_estimate_scales_the_steps_by_each_regularizers_cost():
 
 
 def test_dry_run_says_which_device_and_precision_it_estimates(monkeypatch, glue_dir, tmp_path,
-                                                              capsys):
+                                                              capsys, caplog):
+    caplog.set_level(logging.INFO, logger="regbench")
     _timed_runs(monkeypatch)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({"tasks": ["rte"], "sizes": [16], "final_seeds": [1, 2],
@@ -296,6 +297,9 @@ def test_dry_run_says_which_device_and_precision_it_estimates(monkeypatch, glue_
     assert re.search(r"2 runs, 0 of them done: about 0 minutes for the other 2 with one worker "
                      r"on cpu \(.+, \d+ threads?\) in fp32", out)
     assert not (tmp_path / "tiny.db").exists()
+    # A new suite's store is not an error.
+    assert f"nothing stored yet in sqlite:///{tmp_path / 'tiny.db'}" in caplog.text
+    assert "no such file" not in caplog.text
 
 
 def test_dry_run_counts_the_runs_already_stored(monkeypatch, glue_dir, tmp_path, capsys):

@@ -23,7 +23,13 @@ from regbench.errors import RegbenchError
 from regbench.harness import set_up
 from regbench.modeling import load_model
 from regbench.registry import smart as smart_module
-from regbench.registry.smart import Smart, adversarial_perturbation, divergence, unit_inf_norm
+from regbench.registry.smart import (
+    Smart,
+    adversarial_perturbation,
+    divergence,
+    stable_kl,
+    unit_inf_norm,
+)
 from regbench.tasks import get_task
 
 RTE = get_task("rte")
@@ -184,6 +190,68 @@ def test_one_ascent_step_follows_the_formula_with_a_unit_inf_norm_per_token(kind
     torch.testing.assert_close(delta, step / step.abs().amax(-1, keepdim=True))
 
 
+def _mt_dnn_odds(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """mt-dnn's −log(1/(x + ε) − 1 + ε), rewritten: log((x + ε) / (1 − (1 − ε)(x + ε)))."""
+    return ((x + eps) / (1 - (1 - eps) * (x + eps))).log()
+
+
+def test_stable_kl_matches_a_hand_computation_and_its_gradient_flows_through_p_alone():
+    # p = (1/4, 3/4), q = (1/2, 1/2), ε = 0: r(p) = (−ln 3, ln 3), r(q) = 0, so
+    # 2 Σ p (r(p) − r(q)) = 2 (−¼ + ¾) ln 3 = ln 3. With a = 2 (r(p) − r(q)) constant, the
+    # gradient in the logits is p ⊙ (a − Σ p a) = (−¾ ln 3, ¾ ln 3).
+    logits = torch.tensor([[0.0, math.log(3.0)]], requires_grad=True)
+    value = stable_kl(logits, torch.zeros(1, 2), eps=0.0)  # in fp32, as mt-dnn's
+    assert value.item() == pytest.approx(math.log(3.0), rel=1e-6)
+    (grad,) = torch.autograd.grad(value.sum(), logits)
+    torch.testing.assert_close(grad, torch.tensor([[-0.75, 0.75]]) * math.log(3.0))
+    # mt-dnn's ε = 1e-6, on three classes, against the formula rewritten.
+    a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    p, q = a.softmax(-1), b.softmax(-1)
+    expected = (2 * p * (_mt_dnn_odds(p) - _mt_dnn_odds(q))).sum(-1)
+    torch.testing.assert_close(stable_kl(a, b), expected.float())
+
+
+def test_mt_dnn_ascent_climbs_stable_kl_and_divides_by_the_norm_plus_epsilon():
+    model = _tiny("bert").eval()
+    batch = _tiny_batch()
+    inputs = _inputs(batch)
+    embedded = model.base_model.embeddings(input_ids=batch["input_ids"]).detach()
+    clean = model(**inputs).logits.detach()
+    torch.manual_seed(1)
+    delta = adversarial_perturbation(model, embedded, inputs, clean, False, 1e-5, 1e-3, 1,
+                                     ascend_stable_kl=True, norm_eps=1e-6)
+
+    torch.manual_seed(1)
+    start = (1e-5 * torch.randn_like(embedded)).requires_grad_()
+    p = _logits_from_the_embedding_output(model, batch, embedded + start).softmax(-1)
+    q = clean.softmax(-1)
+    ascent = (2 * p * (_mt_dnn_odds(p.detach()) - _mt_dnn_odds(q))).sum()
+    (grad,) = torch.autograd.grad(ascent, start)
+    step = start.detach() + 1e-3 * grad
+    torch.testing.assert_close(delta, step / (step.abs().amax(-1, keepdim=True) + 1e-6))
+    # Not the symmetric KL's direction, and each token's ∞-norm below 1.
+    torch.manual_seed(1)
+    symmetric = adversarial_perturbation(model, embedded, inputs, clean, False, 1e-5, 1e-3, 1,
+                                         norm_eps=1e-6)
+    assert not torch.allclose(delta, symmetric)
+    assert (delta.abs().amax(-1) < 0.99).all()
+
+
+def test_mt_dnn_options_shrink_minilms_perturbation_to_its_measured_norm(minilm, rte_batch):
+    """δ's per-token ∞-norm m/(m + 1e-6), m a few times 1e-5, δ₀'s: 0.96–0.98 measured, where
+    the default's is 1."""
+    model, _ = minilm
+    model.eval()
+    inputs = _inputs(rte_batch)
+    embedded = model.bert.embeddings(input_ids=rte_batch["input_ids"],
+                                     token_type_ids=rte_batch["token_type_ids"])
+    clean = model(**inputs).logits
+    delta = adversarial_perturbation(model, embedded, inputs, clean, False, 1e-5, 1e-3, 1,
+                                     ascend_stable_kl=True, norm_eps=1e-6)
+    norms = delta.abs().amax(-1)
+    assert 0.94 < norms.min() and norms.max() < 0.985
+
+
 def _hooks(model) -> set[tuple[str, int]]:
     return {(name, key) for name, module in model.named_modules()
             for key in (*module._forward_hooks, *module._forward_pre_hooks)}
@@ -230,9 +298,11 @@ def test_ascent_raises_the_divergence_above_random_directions(minilm, rte_batch)
     assert divergence_at(delta) > 5 * max(random)
 
 
+@pytest.mark.parametrize("options", [{}, {"norm_eps": 1e-6, "ascent": "stable_kl"}])
 def test_loss_without_teacher_is_task_loss_plus_lambda_times_the_adversarial_term(minilm,
-                                                                                 rte_batch):
-    smart = Smart(teacher=False, lambda_s=2.5)
+                                                                                 rte_batch,
+                                                                                 options):
+    smart = Smart(teacher=False, lambda_s=2.5, **options)
     model = _setup(smart, minilm)
     assert smart.teacher is None
     model.eval()  # no dropout: the two computations below see the same function
@@ -245,7 +315,8 @@ def test_loss_without_teacher_is_task_loss_plus_lambda_times_the_adversarial_ter
     embedded = model.bert.embeddings(input_ids=rte_batch["input_ids"],
                                      token_type_ids=rte_batch["token_type_ids"])
     delta = adversarial_perturbation(model, embedded, inputs, outputs.logits, False, 1e-5, 1e-3,
-                                     1)
+                                     1, options.get("ascent") == "stable_kl",
+                                     options.get("norm_eps", 0.0))
     perturbed = smart_module.logits_at(model, inputs, embedded + delta)
     expected = outputs.loss + 2.5 * _mt_dnn_symmetric_kl(outputs.logits, perturbed)
     torch.testing.assert_close(loss, expected)
@@ -330,6 +401,7 @@ def test_rejects_models_without_an_embedding_layer():
 
 
 def test_declares_its_cost_and_search_space():
+    assert Smart().params["norm_eps"] == 0.0 and Smart().params["ascent"] == "symmetric_kl"
     assert Smart().extra_passes() == pytest.approx(2 + 1 / 3)
     assert Smart(teacher=False, K=2).extra_passes() == 3
     assert set(Smart.search_space(6)) == {"lambda_s", "mu"}
