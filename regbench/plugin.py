@@ -57,6 +57,10 @@ class State:
     head_parameters: frozenset[str]  # the parameters the checkpoint did not hold
     device: torch.device
     recipe: Recipe = field(default_factory=Recipe)
+    seed: int = 0  # the run's: it fixed the head, the data order and dropout
+    # A plugin's own random draws in the loop, seeded from `seed` apart from dropout's stream and
+    # the head's, on `device` (`torch.randn(..., generator=state.generator, device=state.device)`).
+    generator: torch.Generator | None = None
     total_steps: int = 0
     steps_per_epoch: int = 1
     bf16: bool = False  # whether the forward passes run under bf16 autocast
