@@ -18,7 +18,7 @@ from regbench.features import Examples, TaskData, evaluation_batches, training_b
 from regbench.metrics import compute_metrics, predictions_from_logits
 from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
 from regbench.noise_stability import noise_stability
-from regbench.plugin import Regularizer, State
+from regbench.plugin import Loss, Regularizer, State
 from regbench.plugin_tools import autocast, plugin_generator
 from regbench.recipe import Recipe
 from regbench.tasks import Task
@@ -137,17 +137,19 @@ def prepare(data: TaskData, regularizer: Regularizer, seed: int, model: str = EM
 
 
 def training_step(state: State, regularizer: Regularizer) -> float:
-    """One optimiser step on `state.batch`; returns the training loss. A non-finite loss changes
-    nothing: the caller decides what a diverged run means."""
+    """One optimiser step on `state.batch`; returns the training loss (a `Loss`'s `reported`). A
+    non-finite loss changes nothing: the caller decides what a diverged run means."""
     model = state.model
     regularizer.before_forward(state)
     with autocast(state.device, state.bf16):
         state.outputs = model(**state.batch, output_hidden_states=regularizer.needs_hidden_states)
         loss = regularizer.loss(model, state.batch, state.outputs, state.outputs.loss)
-    value = loss.item()  # the one host sync of a step
+    backward, reported = loss if isinstance(loss, Loss) else (loss, loss)
+    value = reported.item()  # the one host sync of a step
     if not math.isfinite(value):
         return value
-    loss.backward()
+    if backward is not None:
+        backward.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), state.recipe.max_grad_norm)
     regularizer.before_optimizer_step(state)
     state.optimizer.step()

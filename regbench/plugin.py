@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from optuna.distributions import BaseDistribution
 
@@ -89,6 +89,17 @@ class State:
 
 
 Context = State  # the name the first version of the contract gave `setup`'s second argument
+
+
+class Loss(NamedTuple):
+    """What `loss` may return in place of one tensor: `backward`, what the harness
+    backpropagates (None when `loss` ran every backward pass itself), and `reported`, the step's
+    training loss as the run reports it (the progress bar, and the divergence check: a run whose
+    reported loss is not finite stops). SAM, say, reports L(w) and backpropagates nothing, having
+    taken its gradient at w + ε in `loss`."""
+
+    backward: torch.Tensor | None
+    reported: torch.Tensor
 
 
 class Regularizer:
@@ -166,7 +177,8 @@ class Regularizer:
         pass
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
-             task_loss: torch.Tensor) -> torch.Tensor:
+             task_loss: torch.Tensor) -> torch.Tensor | Loss:
+        """The training loss: one tensor, reported and backpropagated, or a `Loss`."""
         return task_loss
 
     def before_optimizer_step(self, state: State) -> None:
