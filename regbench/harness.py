@@ -18,7 +18,8 @@ from regbench.features import Examples, TaskData, evaluation_batches, training_b
 from regbench.metrics import compute_metrics, predictions_from_logits
 from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
 from regbench.noise_stability import noise_stability
-from regbench.plugin import Regularizer, State
+from regbench.plugin import Loss, Regularizer, State
+from regbench.plugin_tools import autocast, plugin_generator
 from regbench.recipe import Recipe
 from regbench.tasks import Task
 
@@ -68,10 +69,6 @@ def mixed_precision(precision: str, device: torch.device) -> bool:
                                      or torch.cpu._is_amx_tile_supported())
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batch_size: int,
              device: torch.device, bf16: bool = False) -> dict[str, float]:
@@ -80,7 +77,7 @@ def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batc
     for indices in evaluation_batches(examples.lengths, batch_size):
         batch = {k: v.to(device) for k, v in examples.collate(indices, pad_id).items()
                  if k != "labels"}
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             logits[indices] = model(**batch).logits.float().cpu().numpy()
     model.train()
     return compute_metrics(task, predictions_from_logits(task, logits), examples.labels)
@@ -93,15 +90,18 @@ def _on(device: torch.device, batch: dict[str, torch.Tensor]) -> dict[str, torch
 def set_up(regularizer: Regularizer, model: torch.nn.Module, task: Task,
            head: frozenset[str] = frozenset(), recipe: Recipe | None = None,
            device: torch.device | None = None, n_train: int = 0,
-           read_training: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None) -> State:
+           read_training: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None,
+           seed: int = 0) -> State:
     """A run's state for `model` (already on `device`): the regularizer bound to it and set up,
-    then the optimiser and the schedule built, for a training split of `n_train` examples."""
+    then the optimiser and the schedule built, for a training split of `n_train` examples and
+    the run's `seed`."""
     recipe = recipe or Recipe()
     device = device or torch.device("cpu")
     state = State(task=task, model=model, head_parameters=head, device=device, recipe=recipe,
                   total_steps=recipe.total_steps(n_train),
                   steps_per_epoch=max(1, math.ceil(n_train / recipe.batch_size)),
-                  bf16=mixed_precision(recipe.precision, device), read_training=read_training)
+                  bf16=mixed_precision(recipe.precision, device), read_training=read_training,
+                  seed=seed, generator=plugin_generator(seed, device))
     regularizer.state = state
     regularizer.setup(model, state)
     # torch's fused kernel, as the Trainer uses: its default loop over one tensor at a time took
@@ -133,21 +133,23 @@ def prepare(data: TaskData, regularizer: Regularizer, seed: int, model: str = EM
             yield _on(device, data.train.collate(indices, pad_id))
 
     return set_up(regularizer, network, data.task, head, recipe, device, len(data.train),
-                  read_training)
+                  read_training, seed)
 
 
 def training_step(state: State, regularizer: Regularizer) -> float:
-    """One optimiser step on `state.batch`; returns the training loss. A non-finite loss changes
-    nothing: the caller decides what a diverged run means."""
+    """One optimiser step on `state.batch`; returns the training loss (a `Loss`'s `reported`). A
+    non-finite loss changes nothing: the caller decides what a diverged run means."""
     model = state.model
     regularizer.before_forward(state)
-    with _autocast(state.device, state.bf16):
+    with autocast(state.device, state.bf16):
         state.outputs = model(**state.batch, output_hidden_states=regularizer.needs_hidden_states)
         loss = regularizer.loss(model, state.batch, state.outputs, state.outputs.loss)
-    value = loss.item()  # the one host sync of a step
+    backward, reported = loss if isinstance(loss, Loss) else (loss, loss)
+    value = reported.item()  # the one host sync of a step
     if not math.isfinite(value):
         return value
-    loss.backward()
+    if backward is not None:
+        backward.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), state.recipe.max_grad_norm)
     regularizer.before_optimizer_step(state)
     state.optimizer.step()

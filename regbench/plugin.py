@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from optuna.distributions import BaseDistribution
 
@@ -57,6 +57,10 @@ class State:
     head_parameters: frozenset[str]  # the parameters the checkpoint did not hold
     device: torch.device
     recipe: Recipe = field(default_factory=Recipe)
+    seed: int = 0  # the run's: it fixed the head, the data order and dropout
+    # A plugin's own random draws in the loop, seeded from `seed` apart from dropout's stream and
+    # the head's, on `device` (`torch.randn(..., generator=state.generator, device=state.device)`).
+    generator: torch.Generator | None = None
     total_steps: int = 0
     steps_per_epoch: int = 1
     bf16: bool = False  # whether the forward passes run under bf16 autocast
@@ -85,6 +89,17 @@ class State:
 
 
 Context = State  # the name the first version of the contract gave `setup`'s second argument
+
+
+class Loss(NamedTuple):
+    """What `loss` may return in place of one tensor: `backward`, what the harness
+    backpropagates (None when `loss` ran every backward pass itself), and `reported`, the step's
+    training loss as the run reports it (the progress bar, and the divergence check: a run whose
+    reported loss is not finite stops). SAM, say, reports L(w) and backpropagates nothing, having
+    taken its gradient at w + ε in `loss`."""
+
+    backward: torch.Tensor | None
+    reported: torch.Tensor
 
 
 class Regularizer:
@@ -162,7 +177,8 @@ class Regularizer:
         pass
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
-             task_loss: torch.Tensor) -> torch.Tensor:
+             task_loss: torch.Tensor) -> torch.Tensor | Loss:
+        """The training loss: one tensor, reported and backpropagated, or a `Loss`."""
         return task_loss
 
     def before_optimizer_step(self, state: State) -> None:

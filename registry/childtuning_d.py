@@ -9,6 +9,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
+from regbench.plugin_tools import autocast
 
 
 def fisher_information(model: torch.nn.Module, parameters: list[torch.nn.Parameter],
@@ -18,7 +19,7 @@ def fisher_information(model: torch.nn.Module, parameters: list[torch.nn.Paramet
     fisher = [torch.zeros_like(p) for p in parameters]
     max_norm = state.recipe.max_grad_norm
     for batch in state.training_batches():
-        with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=state.bf16):
+        with autocast(state.device, state.bf16):
             loss = model(**batch).loss
         loss.backward()
         for f, p in zip(fisher, parameters, strict=True):

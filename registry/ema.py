@@ -8,23 +8,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-
-
-def averaged_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
-    """What an average of the weights covers: every parameter, and the floating-point buffers
-    (a BatchNorm's running statistics). Integer buffers, such as BERT's position ids, are
-    constants and stay as they are."""
-    return [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
-
-
-@torch.no_grad()
-def swap(live: list[torch.Tensor], kept: list[torch.Tensor]) -> None:
-    """Exchange the values of two lists of tensors in place: exact, and one tensor's worth of
-    memory at a time. The live tensors stay the same objects, as the optimiser knows them."""
-    for a, b in zip(live, kept, strict=True):
-        held = a.clone()
-        a.copy_(b)
-        b.copy_(held)
+from regbench.plugin_tools import averaged_tensors, snapshot, swap
 
 
 class EMA(Regularizer):
@@ -54,7 +38,7 @@ class EMA(Regularizer):
 
     def setup(self, model: torch.nn.Module, context: State) -> None:
         self.live = averaged_tensors(model)
-        self.average = [t.detach().clone() for t in self.live]
+        self.average = snapshot(self.live)
 
     @torch.no_grad()
     def after_step(self, model: torch.nn.Module) -> None:

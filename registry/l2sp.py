@@ -9,21 +9,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-
-
-def _squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Σ‖t‖² over the list: on a GPU, one multi-tensor kernel per dtype, not one per tensor."""
-    if not tensors:
-        return torch.zeros(())
-    return torch.stack(torch._foreach_norm(tensors)).square().sum()
-
-
-def pretrained_and_head(model: torch.nn.Module,
-                        state: State) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-    """The trainable parameters the checkpoint held, and those it did not (the new head)."""
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return ([p for n, p in trainable if n not in state.head_parameters],
-            [p for n, p in trainable if n in state.head_parameters])
+from regbench.plugin_tools import pretrained_and_head, snapshot, squared_norm
 
 
 class L2SP(Regularizer):
@@ -53,14 +39,14 @@ class L2SP(Regularizer):
 
     def setup(self, model: torch.nn.Module, context: State) -> None:
         self.pretrained, self.head = pretrained_and_head(model, context)
-        self.anchor = [p.detach().clone() for p in self.pretrained]
+        self.anchor = snapshot(self.pretrained)
 
     def penalty(self) -> torch.Tensor:
         """Ω at the current parameters; its gradient is α·(p − p⁰) and β·p."""
-        head = self.params["beta"] / 2 * _squared_norm(self.head)
+        head = self.params["beta"] / 2 * squared_norm(self.head)
         if self.params["decoupled"]:
             return head
-        drift = _squared_norm(torch._foreach_sub(self.pretrained, self.anchor))
+        drift = squared_norm(torch._foreach_sub(self.pretrained, self.anchor))
         return self.params["alpha"] / 2 * drift + head
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,

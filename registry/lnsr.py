@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -14,6 +13,7 @@ from regbench.errors import RegbenchError
 from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
+from regbench.plugin_tools import RngState, replayed, rng_state
 
 NOISE_KINDS = ("relative", "absolute")
 
@@ -36,27 +36,6 @@ def logits_head(model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], torch.
 def without_autocast(forward: Callable, device_type: str, *args: Any, **kwargs: Any) -> Any:
     with torch.autocast(device_type, enabled=False):
         return forward(*args, **kwargs)
-
-
-RngState = tuple[torch.Tensor, torch.Tensor | None]
-
-
-def rng_state(device: torch.device) -> RngState:
-    """The generators dropout draws from on `device`: the CPU's, and on CUDA the device's own."""
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda"
-                                   else None)
-
-
-@contextmanager
-def replayed(state: RngState, device: torch.device) -> Iterator[None]:
-    """Within the block, draw again what was drawn from `state`; afterwards the generators are
-    where they were before it, so the rest of the step draws as if nothing had been replayed."""
-    cpu, cuda = state
-    with torch.random.fork_rng(devices=[device] if cuda is not None else []):
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, device)
-        yield
 
 
 class LNSR(Regularizer):

@@ -8,7 +8,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-from regbench.registry.reinit import drawn_apart
+from regbench.plugin_tools import drawn_apart
 
 
 class NoisyTune(Regularizer):

@@ -11,7 +11,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-from regbench.registry.l2sp import pretrained_and_head
+from regbench.plugin_tools import pretrained_and_head, snapshot
 
 
 def sigmoid(x: float) -> float:
@@ -75,7 +75,7 @@ class RecAdam(Regularizer):
 
     def setup(self, model: torch.nn.Module, context: State) -> None:
         self.pretrained, self.head = pretrained_and_head(model, context)
-        self.anchor = [p.detach().clone() for p in self.pretrained]
+        self.anchor = snapshot(self.pretrained)
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         return [{"params": self.pretrained, "weight_decay": 0.0},

@@ -3,26 +3,13 @@ initialiser (regularizers.md, "More methods")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from optuna.distributions import BaseDistribution, IntDistribution
 
 from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-
-
-@contextmanager
-def drawn_apart(device: torch.device) -> Iterator[None]:
-    """A block whose random draws depend on the run's seed alone and leave the global RNG as it
-    was, so that the run draws the same dropout masks as a vanilla run of that seed."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        # The harness seeds the global RNG with the number that also seeds the head's generator:
-        # reseeding from a draw keeps these draws from repeating the head's values.
-        torch.manual_seed(int(torch.randint(2**62, (1,))))
-        yield
+from regbench.plugin_tools import drawn_apart
 
 
 class Reinit(Regularizer):

@@ -16,11 +16,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from regbench import plugins
 from regbench.errors import RegbenchError
-from regbench.harness import evaluate, fine_tune, prepare
+from regbench.harness import evaluate, fine_tune, prepare, set_up, training_step
 from regbench.modeling import load_tokenizer
 from regbench.params import Param
-from regbench.plugin import Regularizer
+from regbench.plugin import Loss, Regularizer
 from regbench.recipe import Recipe
+from regbench.tasks import get_task
 
 
 class Recording(Regularizer):
@@ -240,6 +241,65 @@ def test_evaluate_on_the_prepared_model_matches_the_run(rte_data, tiny_recipe):
                              again.bf16)
 
 
+# -- what `loss` returns ----------------------------------------------------------------------
+
+NO_CLIPPING = Recipe(max_grad_norm=1e9, epochs=0, min_steps=10, precision="fp32")
+
+
+def _gradients(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+class Separate(Regularizer):
+    """Reports the task loss, and backpropagates twice it, or runs that backward pass itself."""
+
+    name = "separate"
+
+    def __init__(self, itself: bool):
+        super().__init__()
+        self.itself = itself
+
+    def loss(self, model, batch, outputs, task_loss):
+        if self.itself:
+            (2 * task_loss).backward()
+            return Loss(backward=None, reported=task_loss)
+        return Loss(backward=2 * task_loss, reported=task_loss)
+
+    def before_optimizer_step(self, state):
+        self.seen = _gradients(state.model)
+
+
+@pytest.mark.parametrize("itself", [False, True])
+def test_loss_reports_one_tensor_and_backpropagates_another(tiny_bert, tiny_batches, itself):
+    model, head = tiny_bert
+    plugin = Separate(itself)
+    state = set_up(plugin, model, get_task("rte"), head, recipe=NO_CLIPPING)
+    state.batch = tiny_batches[0]
+    task_loss = model(**state.batch).loss  # tiny_bert has no dropout: the step's own pass
+    expected = torch.autograd.grad(task_loss, list(model.parameters()))
+    assert training_step(state, plugin) == pytest.approx(task_loss.item())
+    for seen, grad in zip(plugin.seen, expected, strict=True):
+        torch.testing.assert_close(seen, 2 * grad)
+
+
+class Diverging(Regularizer):
+    name = "diverging"
+
+    def loss(self, model, batch, outputs, task_loss):
+        return Loss(backward=task_loss, reported=task_loss * float("nan"))
+
+
+def test_the_reported_loss_decides_divergence(tiny_bert, tiny_batches):
+    model, head = tiny_bert
+    plugin = Diverging()
+    state = set_up(plugin, model, get_task("rte"), head, recipe=NO_CLIPPING)
+    state.batch = tiny_batches[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    assert math.isnan(training_step(state, plugin))
+    assert state.step == 0 and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 # -- declared hyperparameters --------------------------------------------------------------------
 
 @pytest.mark.parametrize("param, value, expected", [
@@ -331,7 +391,7 @@ def test_a_first_version_plugin_gets_types_from_defaults_and_ranges_from_its_sea
 GOOD = """
 from optuna.distributions import FloatDistribution
 from regbench.params import Param
-from regbench.plugin import Regularizer
+from regbench.plugin import Loss, Regularizer
 
 class Plugin(Regularizer):
     name = "{name}"
