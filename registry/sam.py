@@ -9,8 +9,8 @@ import torch
 from optuna.distributions import BaseDistribution, FloatDistribution
 
 from regbench.params import Param
-from regbench.plugin import Regularizer, State
-from regbench.registry.lnsr import rng_state, replayed
+from regbench.plugin import Loss, Regularizer, State
+from regbench.plugin_tools import replayed, rng_state, snapshot
 
 
 class SAM(Regularizer):
@@ -50,13 +50,13 @@ class SAM(Regularizer):
 
     def setup(self, model: torch.nn.Module, state: State) -> None:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
-        self.kept = [p.detach().clone() for p in self.parameters]  # w, while w + ε̂ is in place
+        self.kept = snapshot(self.parameters)  # w, while w + ε̂ is in place
 
     def before_forward(self, state: State) -> None:
         self.dropout = rng_state(state.device)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
-             task_loss: torch.Tensor) -> torch.Tensor:
+             task_loss: torch.Tensor) -> Loss:
         grads = torch.autograd.grad(task_loss, self.parameters, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g
                  for p, g in zip(self.parameters, grads, strict=True)]
@@ -67,8 +67,7 @@ class SAM(Regularizer):
                                                                     / (norm + 1e-12)))
         with replayed(self.dropout, self.state.device):
             sharp = model(**batch).loss
-        # The value of L_B(w), the gradient of L_B(w + ε̂).
-        return sharp + (task_loss.detach() - sharp.detach())
+        return Loss(backward=sharp, reported=task_loss.detach())
 
     @torch.no_grad()
     def before_optimizer_step(self, state: State) -> None:
