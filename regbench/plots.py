@@ -50,7 +50,7 @@ def png(figure: Figure) -> bytes:
 
 def _colors(regularizers: pd.Series) -> dict[str, tuple]:
     """One color per regularizer in every figure; vanilla in black, as the reference. tab10
-    repeats after ten, and a board holds fourteen built-ins: tab20's ten strong hues come first,
+    repeats after ten, and a board holds eighteen built-ins: tab20's ten strong hues come first,
     then their light shades, twenty distinct colors."""
     tab20 = colormaps["tab20"].colors
     palette = tab20[0::2] + tab20[1::2]

@@ -1,7 +1,7 @@
 """Every built-in fine-tunes end to end on a small RTE slice and on STS-B (regression), and
 changes training: runs are deterministic per seed, so a difference from vanilla is the
-regularizer's doing. R-Drop, Re-init, NoisyTune and LLRD, whose own tests check them against
-their definitions, run once each, on RTE."""
+regularizer's doing. The more methods, whose own tests check them against their definitions, run
+once each, on RTE."""
 
 import math
 
@@ -35,7 +35,7 @@ def test_trains_and_differs_from_vanilla(name, task, request, tiny_recipe, vanil
 
 
 @pytest.mark.parametrize("name", ["rdrop", "reinit", "noisytune", "llrd", "childtuning_d",
-                                  "recadam", "ema", "r3f"])
+                                  "recadam", "ema", "r3f", "sam", "freelb", "hype", "bss"])
 def test_the_more_methods_train_end_to_end_with_their_defaults(name, rte_data, tiny_recipe):
     result = fine_tune(rte_data, build(name), seed=0, recipe=tiny_recipe, progress=False)
     assert result.status == "finished" and result.steps == 4

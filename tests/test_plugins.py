@@ -28,7 +28,7 @@ from regbench.tasks import get_task
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regbench-swa"
 BUILT_INS = {"vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr", "childtuning_d",
-             "recadam", "ema"}
+             "recadam", "ema", "sam", "freelb", "hype", "bss"}
 
 
 def _python(*args: str, path: tuple[Path, ...] = (), cwd: Path | None = None,
