@@ -1,6 +1,7 @@
-"""Plugin discovery as a third party meets it: the built-ins, the installed example plugin (SWA,
-examples/regbench-swa) checked against its definition, a plugin of the first version of the
-contract, and what a broken or clashing distribution looks like to the user."""
+"""Plugin discovery as a third party meets it: the built-ins, the installed example plugins (SWA,
+examples/regbench-swa, checked against its definition; ASAM, examples/regbench-asam, an
+optimizer-level method), a plugin of the first version of the contract, and what a broken or
+clashing distribution looks like to the user."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from regbench.recipe import Recipe
 from regbench.tasks import get_task
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "regbench-swa"
+ASAM_EXAMPLE = EXAMPLE.parent / "regbench-asam"  # the optimizer-level example
 BUILT_INS = {"vanilla", "weight_decay", "l2sp", "mixout", "smart", "lnsr", "childtuning_d",
              "recadam", "ema", "sam", "freelb", "hype", "bss"}
 
@@ -39,13 +41,11 @@ def _python(*args: str, path: tuple[Path, ...] = (), cwd: Path | None = None,
                           env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(pythonpath)})
 
 
-@pytest.fixture(scope="session")
-def swa_site(tmp_path_factory) -> Path:
-    """The example plugin, installed by pip into a folder of its own (`site`, beside the copy of
+def _installed(example: Path, work: Path) -> Path:
+    """An example plugin, installed by pip into a folder of its own (`site`, beside the copy of
     its source it was built from, `source`): nothing global changes."""
-    work = tmp_path_factory.mktemp("swa")
     # A build writes into its source tree: build a copy, not the repository.
-    source = shutil.copytree(EXAMPLE, work / "source",
+    source = shutil.copytree(example, work / "source",
                              ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = work / "site"
     # pip's default, isolated build: a fresh venv's setuptools is too old to build a wheel by
@@ -54,6 +54,16 @@ def swa_site(tmp_path_factory) -> Path:
                      str(source))
     assert result.returncode == 0, result.stderr
     return site
+
+
+@pytest.fixture(scope="session")
+def swa_site(tmp_path_factory) -> Path:
+    return _installed(EXAMPLE, tmp_path_factory.mktemp("swa"))
+
+
+@pytest.fixture(scope="session")
+def asam_site(tmp_path_factory) -> Path:
+    return _installed(ASAM_EXAMPLE, tmp_path_factory.mktemp("asam"))
 
 
 @pytest.fixture
@@ -130,6 +140,15 @@ def test_an_installed_plugin_trains_from_the_command_line(swa_site, glue_dir):
 def test_the_examples_own_tests_pass_against_the_installed_plugin(swa_site):
     result = _python("-m", "pytest", "-q", "-p", "no:cacheprovider", "test_regbench_swa.py",
                      path=(swa_site,), cwd=swa_site.parent / "source")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+def test_the_optimizer_level_examples_own_tests_pass_against_the_installed_plugin(asam_site):
+    # They build `asam` by name, through the installed distribution's entry point, and train
+    # it beside the built-in `sam`; the command line's path is the SWA example's, tested above.
+    result = _python("-m", "pytest", "-q", "-p", "no:cacheprovider", "test_regbench_asam.py",
+                     path=(asam_site,), cwd=asam_site.parent / "source")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
 
