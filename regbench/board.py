@@ -371,7 +371,9 @@ def _provenance(runs: pd.DataFrame, superseded: int, unplanned: int, tuning: pd.
     for regularizer, group in shown.groupby("regularizer"):
         plugins[regularizer] = {
             "versions": sorted(map(str, group.regularizer_version.dropna().unique())),
-            "distributions": sorted(map(str, group.distribution.dropna().unique()))}
+            "distributions": sorted(map(str, group.distribution.dropna().unique())),
+            # the parts of the model it had compute in fp32 in training, one list per setting
+            "fp32": sorted({tuple(p["fp32"]) for p in group.provenance.dropna() if p.get("fp32")})}
     tested = cells.p_value.notna()
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -19,7 +19,7 @@ from regbench.metrics import compute_metrics, predictions_from_logits
 from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
 from regbench.noise_stability import noise_stability
 from regbench.plugin import Loss, Regularizer, State
-from regbench.plugin_tools import autocast, plugin_generator
+from regbench.plugin_tools import ComputedInFP32, autocast, model_parts, plugin_generator
 from regbench.recipe import Recipe
 from regbench.tasks import Task
 
@@ -104,6 +104,9 @@ def set_up(regularizer: Regularizer, model: torch.nn.Module, task: Task,
                   seed=seed, generator=plugin_generator(seed, device))
     regularizer.state = state
     regularizer.setup(model, state)
+    state.fp32 = ComputedInFP32(model_parts(model, regularizer.fp32_parts(
+        model.config.num_hidden_layers)), device)
+    state.fp32.on()
     # torch's fused kernel, as the Trainer uses: its default loop over one tensor at a time took
     # a third of a small step on a CPU (22.7M weights, batches of 8).
     state.optimizer = torch.optim.AdamW(regularizer.param_groups(model), lr=recipe.learning_rate,
@@ -165,9 +168,11 @@ def training_step(state: State, regularizer: Regularizer) -> float:
 def evaluated_weights(state: State, regularizer: Regularizer) -> Iterator[torch.nn.Module]:
     """The model, holding the weights the regularizer chooses to have evaluated."""
     regularizer.before_evaluate(state)
+    state.fp32.off()
     try:
         yield state.model
     finally:
+        state.fp32.on()
         regularizer.after_evaluate(state)
 
 
@@ -221,6 +226,7 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
                 break
     state.batch = None
     regularizer.after_training(state)
+    state.fp32.close()
     if result.status == "finished" and test:
         with evaluated_weights(state, regularizer) as network:
             result.test = evaluate(network, data.test, task, pad_id, recipe.eval_batch_size,

@@ -104,6 +104,20 @@ def _precision(value: str) -> str:
     return {"True": "bf16 autocast", "False": "fp32"}.get(value, "not recorded")
 
 
+def _fp32(plugins: dict[str, dict]) -> str:
+    """Which regularizers had parts of the model compute in fp32 in training, and which."""
+    def parts(names) -> str:
+        layers = sorted(int(n.partition(".")[2]) for n in names if n.startswith("layer."))
+        span = ([f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}–{layers[-1]}"]
+                if layers and layers == list(range(layers[0], layers[-1] + 1))
+                else [f"layer {k}" for k in layers])
+        return ", ".join([*(n for n in names if not n.startswith("layer.")), *span])
+
+    said = [f"{reg} ({'; '.join(parts(names) for names in v['fp32'])})"
+            for reg, v in plugins.items() if v.get("fp32")]
+    return f"; in fp32 while training: {', '.join(said)}" if said else ""
+
+
 def _header(board: Leaderboard) -> str:
     meta, p = board.meta, board.provenance
     versions = p["versions"]
@@ -128,7 +142,7 @@ def _header(board: Leaderboard) -> str:
         f"- **Machine**: CPU {_tally(versions['cpu'], _recorded)}; "
         f"GPU {_tally(versions['gpu'], lambda v: 'none' if v == 'None' else v)}",
         f"- **Device and precision**: {_tally(versions['device'], _recorded)}, "
-        f"{_tally(versions['bf16'], _precision)}",
+        f"{_tally(versions['bf16'], _precision)}{_fp32(p['regularizers'])}",
         f"- **Software**: {software}; commit {_tally(versions['git_commit'], _recorded)}",
         f"- **Compute**: {_duration(compute['final_seconds'])} in the {compute['final_runs']} "
         f"final runs shown{tuning}"

@@ -44,6 +44,8 @@ from regbench.tasks import Task
 if TYPE_CHECKING:
     import torch
 
+    from regbench.plugin_tools import ComputedInFP32
+
 @dataclass(eq=False)
 class State:
     """The run as the hooks see it: one object for the whole run, kept current by the harness.
@@ -64,6 +66,7 @@ class State:
     total_steps: int = 0
     steps_per_epoch: int = 1
     bf16: bool = False  # whether the forward passes run under bf16 autocast
+    fp32: ComputedInFP32 | None = None  # the plugin's `fp32_parts`, as the harness applies them
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     step: int = 0
@@ -159,6 +162,17 @@ class Regularizer:
     def setup_passes(self) -> float:
         """Forward-and-backward passes over the whole training split, once, in `setup`."""
         return 0.0
+
+    def fp32_parts(self, layers: int) -> tuple[str, ...]:
+        """The parts of the model that compute in fp32 in training whatever the run's precision,
+        in a model of `layers` encoder layers: "model" (all of it), "embeddings", "layer.K"
+        (encoder layer K, from 0), "head" (what turns the last hidden state into logits). bf16
+        keeps 8 bits of mantissa: a perturbation below ~0.4% of a value is rounded away.
+
+        The harness applies them after `setup` (`state.fp32`), for every training pass, the
+        plugin's own passes in `loss` included; evaluations compute in the run's own precision.
+        The run's key and its stored provenance hold them, and the board says which."""
+        return ()
 
     # -- hooks, in the order the harness calls them -----------------------------------------------
     def setup(self, model: torch.nn.Module, context: State) -> None:

@@ -6,7 +6,9 @@ The built-ins use these and nothing private; a third-party plugin imports them t
   masks) of the main pass; `drawn_apart` makes draws that depend on the run's seed alone and
   leave the run's own stream (its dropout masks) untouched. `State.generator` is a generator of
   the run's own for a plugin's draws in the loop.
-- Precision: `autocast` is the context the harness runs every forward pass in.
+- Precision: `autocast` is the context the harness runs every forward pass in;
+  `ComputedInFP32` is how the harness applies a plugin's `fp32_parts` (named by `model_parts`).
+- The model: `logits_head`, what turns the last hidden state into logits.
 - Weights: `averaged_tensors` (what a copy of the weights covers), `snapshot` (a detached copy),
   `swap` (exchange two copies in place), `pretrained_and_head` (the parameters the checkpoint held
   and the new head's), `squared_norm`.
@@ -14,11 +16,14 @@ The built-ins use these and nothing private; a third-party plugin imports them t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
+from regbench.errors import RegbenchError
+from regbench.modeling import encoder_layers
 from regbench.plugin import State
 
 # -- random state ---------------------------------------------------------------------------------
@@ -73,6 +78,86 @@ def autocast(device: torch.device, bf16: bool) -> torch.autocast:
     nothing. A plugin's passes outside `loss` (in `setup`, say) compute as the loop's do in
     `with autocast(state.device, state.bf16):`."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+class ComputedInFP32:
+    """Modules whose forward passes compute in fp32 under autocast while this is `on`: each
+    module's `forward` is replaced on the instance by one that turns autocast off, so everything
+    the module calls (its submodules, its functions) computes in fp32; autocast resumes outside
+    it. `off` puts the modules' own `forward` back; `close` does so for good.
+
+    The harness applies a plugin's `fp32_parts` this way: on from setup, off around every
+    evaluation (which computes in the run's own precision), closed after training."""
+
+    def __init__(self, modules: Iterable[torch.nn.Module], device: torch.device) -> None:
+        self.device_type = device.type
+        # A module's forward as it is now: the class's, or an instance's own that stays.
+        self.own = {module: vars(module).get("forward") for module in modules}
+
+    def on(self) -> None:
+        for module in self.own:
+            if "forward" not in vars(module) or vars(module)["forward"] is self.own[module]:
+                module.forward = _without_autocast(module.forward, self.device_type)
+
+    def off(self) -> None:
+        for module, own in self.own.items():
+            if own is None:
+                vars(module).pop("forward", None)
+            else:
+                module.forward = own
+
+    def close(self) -> None:
+        self.off()
+        self.own.clear()
+
+
+def _without_autocast(forward: Callable, device_type: str) -> Callable:
+    def in_fp32(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return forward(*args, **kwargs)
+    return in_fp32
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+def logits_head(model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                 list[torch.nn.Module]]:
+    """What turns the last hidden state into logits, as a function of it, and the modules it
+    calls in the order of the main pass: BERT's pooler, dropout and classifier (the pooler being
+    the mean of the tokens under the recipe's mean pooling), or the head of RoBERTa and ELECTRA,
+    which pools by itself."""
+    base, classifier = model.base_model, getattr(model, "classifier", None)
+    if getattr(base, "pooler", None) is not None and isinstance(classifier, torch.nn.Linear):
+        return (lambda h: classifier(model.dropout(base.pooler(h))),
+                [base.pooler, model.dropout, classifier])
+    if hasattr(classifier, "out_proj"):
+        return classifier, [classifier]
+    raise RegbenchError(f"regbench does not know the classification head of "
+                        f"{type(model).__name__}: it knows BERT's (a pooler and a linear "
+                        "classifier) and RoBERTa's or ELECTRA's (a classifier with `out_proj`).")
+
+
+PARTS = ("model", "embeddings", "layer.K", "head")
+
+
+def model_parts(model: torch.nn.Module, names: Iterable[str]) -> list[torch.nn.Module]:
+    """The modules `names` name, in a BERT-family model: "model" (all of it), "embeddings",
+    "layer.K" (encoder layer K, from 0) and "head" (`logits_head`'s modules)."""
+    modules: list[torch.nn.Module] = []
+    for name in names:
+        kind, _, index = name.partition(".")
+        if name == "model":
+            modules.append(model)
+        elif name == "embeddings":
+            modules.append(model.base_model.embeddings)
+        elif name == "head":
+            modules.extend(logits_head(model)[1])
+        elif kind == "layer" and index.isdigit() and int(index) < len(encoder_layers(model)):
+            modules.append(encoder_layers(model)[int(index)])
+        else:
+            raise RegbenchError(f"{name!r} names no part of {type(model).__name__}; the parts "
+                                f"are {', '.join(PARTS)}, K below the model's depth.")
+    return modules
 
 
 # -- weights --------------------------------------------------------------------------------------

@@ -115,12 +115,16 @@ class Plan:
         return sum(map(self.runs, self.cells))
 
     def config(self, cell: Cell, params: dict[str, Any], seed: int) -> dict[str, Any]:
-        """What decides a run's outcome, its key: every parameter's value, defaults included."""
+        """What decides a run's outcome, its key: every parameter's value, defaults included,
+        and the parts of the model the plugin has compute in fp32, where it names any."""
         cls = get_regularizer(cell.regularizer)
-        return {"regularizer": cell.regularizer, "regularizer_version": cls.version,
-                "params": cls.check_params(params, self.depth), "task": cell.task,
-                "n_train": cell.size, "data_seed": self.suite.data_seed, "seed": seed,
-                "model": self.suite.model, "recipe": self.suite.recipe.as_dict()}
+        checked = cls.check_params(params, self.depth)
+        config = {"regularizer": cell.regularizer, "regularizer_version": cls.version,
+                  "params": checked, "task": cell.task,
+                  "n_train": cell.size, "data_seed": self.suite.data_seed, "seed": seed,
+                  "model": self.suite.model, "recipe": self.suite.recipe.as_dict()}
+        fp32 = cls(**checked).fp32_parts(self.depth)
+        return {**config, "fp32": list(fp32)} if fp32 else config
 
     def left(self, frame: pd.DataFrame, studies: set[str]) -> dict[Cell, int]:
         """Per cell, the runs still to train, given the suite's stored runs and the names of the
@@ -218,9 +222,11 @@ class SuiteRunner:
                          self.suite.recipe.max_length, self.data_dir)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        fp32 = config.pop("fp32", None)  # the store keeps it in the provenance
         row = {"key": key, "suite": self.suite.name, "phase": phase, "trial": trial, **config,
                "provenance": {**provenance(str(self.device)),
                               "bf16": mixed_precision(self.suite.recipe.precision, self.device),
+                              **({"fp32": fp32} if fp32 else {}),
                               "distribution": distribution_of(cell.regularizer),
                               "worker": self.worker.id}}
         started = time.perf_counter()

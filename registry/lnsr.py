@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -13,29 +12,9 @@ from regbench.errors import RegbenchError
 from regbench.modeling import encoder_layers
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-from regbench.plugin_tools import RngState, replayed, rng_state
+from regbench.plugin_tools import RngState, logits_head, replayed, rng_state
 
 NOISE_KINDS = ("relative", "absolute")
-
-
-def logits_head(model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
-                                                 list[torch.nn.Module]]:
-    """What turns the last hidden state into logits, for the optional logits term; and the modules
-    it calls, in the order of the main pass."""
-    base, classifier = model.base_model, getattr(model, "classifier", None)
-    if getattr(base, "pooler", None) is not None and isinstance(classifier, torch.nn.Linear):
-        # BERT: the pooled [CLS]
-        return (lambda h: classifier(model.dropout(base.pooler(h))),
-                [base.pooler, model.dropout, classifier])
-    if hasattr(classifier, "out_proj"):  # RoBERTa, ELECTRA: the head pools by itself
-        return classifier, [classifier]
-    raise RegbenchError(f"lnsr's include_logits does not know the classification head of "
-                        f"{type(model).__name__}; set include_logits to false.")
-
-
-def without_autocast(forward: Callable, device_type: str, *args: Any, **kwargs: Any) -> Any:
-    with torch.autocast(device_type, enabled=False):
-        return forward(*args, **kwargs)
 
 
 class LNSR(Regularizer):
@@ -58,7 +37,7 @@ class LNSR(Regularizer):
     the ratio to 0.6–1.5. The search covers three decades around it, [0.01, 9].
 
     Precision: under bf16 autocast the layers above the injection point (and, with the logits
-    term, the head) compute in fp32 in both branches while lnsr trains. bf16 rounds each linear
+    term, the head) compute in fp32 in both branches while lnsr trains (`fp32_parts`). bf16 rounds each linear
     layer's input to 0.4–0.8% of every element, a difference between the branches as large as
     small noise: measured at relative σ 0.01 (the bottom of the search range) on the batches
     above, the bf16 penalty was 1.62–1.66× the fp32 one with those layers in bf16; in fp32 it is
@@ -113,36 +92,31 @@ class LNSR(Regularizer):
         self.hooks = [module.register_forward_pre_hook(partial(self._record_call, key),
                                                        with_kwargs=True)
                       for key, module in recorded]
+
+    def fp32_parts(self, layers: int) -> tuple[str, ...]:
         # bf16 cannot resolve small noise: it rounds each element to 0.4–0.8% of its size, so
         # both branches of everything above the noise compute in fp32 (see the class docstring).
-        self.fp32 = {module: partial(without_autocast, module.forward, context.device.type)
-                     for module in [*self.layers, *head_modules]}
-        self._compute_in_fp32(True)
-
-    def _compute_in_fp32(self, on: bool) -> None:
-        for module, forward in self.fp32.items():
-            if on:
-                module.forward = forward
-            else:
-                del module.forward  # the class's own again
+        above = tuple(f"layer.{k}" for k in range(self.params["inject_layer"], layers))
+        return (*above, "head") if self.params["include_logits"] else above
 
     def _record_call(self, key: Any, module: torch.nn.Module, args: tuple,
                      kwargs: dict[str, Any]) -> None:
         # Everything but the hidden states, and where the generators stood.
         self.calls[key] = (args[1:], kwargs, rng_state(args[0].device))
 
+    # The harness switches the fp32 parts off around its evaluations and closes them after
+    # training; lnsr's own hooks do the same, so that they undo all of lnsr called alone.
     def before_evaluate(self, state: State) -> None:
-        self._compute_in_fp32(False)  # evaluation computes as every other regularizer's does
+        state.fp32.off()  # evaluation computes as every other regularizer's does
 
     def after_evaluate(self, state: State) -> None:
-        self._compute_in_fp32(True)
+        state.fp32.on()
 
     def after_training(self, state: State) -> None:
         for hook in self.hooks:
             hook.remove()
         self.calls.clear()
-        self._compute_in_fp32(False)
-        self.fp32.clear()  # the test's evaluation comes later: it must find nothing to switch
+        state.fp32.close()  # the test's evaluation comes later: it must find nothing to switch
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
              task_loss: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,9 @@ def published(tmp_path_factory):
     rows = [run("l2sp", "rte", 100, 0, 0.99, phase="tune", trial=3),
             run("l2sp", "rte", 100, 1, 0.10),  # written first, so superseded by SCORES' run
             *handmade_rows()]
+    for row in rows:  # mixout as a plugin with parts of the model in fp32 would be stored
+        if row["regularizer"] == "mixout":
+            row["provenance"] = {**PROVENANCE, "fp32": ["layer.3", "layer.4", "layer.5", "head"]}
     frame = frame_of(rows, tmp)
     markdown = publish(frame, expected_of(), tmp / "out", "board", META, BASELINES)
     return build(frame, expected_of(), BASELINES, META), markdown
@@ -418,7 +421,8 @@ def test_header_states_machine_software_compute_plugins_and_methods(published):
     _, path = published
     header = path.read_text().split("\n## ")[0]
     assert "- **Machine**: CPU Test CPU 9000; GPU none" in header
-    assert "- **Device and precision**: cpu, bf16 autocast" in header
+    assert ("- **Device and precision**: cpu, bf16 autocast; in fp32 while training: mixout "
+            "(head, layers 3–5)\n") in header
     assert ("- **Software**: regbench 0.1.0, torch 2.13.0, transformers 5.0, python 3.11.7; "
             "commit abc1234") in header
     # Per 100 examples 10, 12 and 20 s; five seeds of 100 and 1000 examples on two tasks:

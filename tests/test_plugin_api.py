@@ -16,11 +16,21 @@ from transformers import get_linear_schedule_with_warmup
 
 from regbench import plugins
 from regbench.errors import RegbenchError
-from regbench.harness import evaluate, fine_tune, prepare, set_up, training_step
+from regbench.harness import (
+    evaluate,
+    evaluated_weights,
+    fine_tune,
+    prepare,
+    set_up,
+    training_step,
+)
 from regbench.modeling import load_tokenizer
 from regbench.params import Param
 from regbench.plugin import Loss, Regularizer
+from regbench.plugin_tools import autocast, model_parts
 from regbench.recipe import Recipe
+from regbench.runner import Plan
+from regbench.suite import Cell, parse_suite
 from regbench.tasks import get_task
 
 
@@ -300,6 +310,61 @@ def test_the_reported_loss_decides_divergence(tiny_bert, tiny_batches):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+# -- declared precision --------------------------------------------------------------------------
+
+class PartlyFP32(Regularizer):
+    name = "partly_fp32"
+
+    def fp32_parts(self, layers):
+        return (f"layer.{layers - 1}", "head")
+
+
+def test_declared_parts_compute_in_fp32_in_training_and_evaluation_in_the_runs_precision(
+        tiny_bert, tiny_batches):
+    model, head = tiny_bert
+    plugin = PartlyFP32()
+    state = set_up(plugin, model, get_task("rte"), head,
+                   recipe=Recipe(precision="bf16", epochs=0, min_steps=10))
+    computed_in = {}
+    watched = {0: model.bert.encoder.layer[0].attention.self.query,
+               1: model.bert.encoder.layer[1].attention.self.query, "head": model.classifier}
+    for key, module in watched.items():
+        module.register_forward_hook(
+            lambda module, args, out, key=key: computed_in.__setitem__(key, out.dtype))
+    bf16, fp32 = torch.bfloat16, torch.float32
+    state.batch = tiny_batches[0]
+    training_step(state, plugin)
+    assert computed_in == {0: bf16, 1: fp32, "head": fp32}
+    with evaluated_weights(state, plugin) as network, autocast(state.device, state.bf16):
+        network(**tiny_batches[1])
+    assert computed_in == {0: bf16, 1: bf16, "head": bf16}
+    state.batch = tiny_batches[2]
+    training_step(state, plugin)  # training again: the parts in fp32 again
+    assert computed_in == {0: bf16, 1: fp32, "head": fp32}
+    state.fp32.close()  # as the harness does after training
+    assert not any("forward" in vars(module) for module in model.modules())
+
+
+def test_parts_name_the_models_modules(tiny_bert):
+    model, _ = tiny_bert
+    layers = model.bert.encoder.layer
+    assert model_parts(model, ["model", "embeddings", "layer.1", "head"]) == [
+        model, model.bert.embeddings, layers[1], model.bert.pooler, model.dropout,
+        model.classifier]
+    with pytest.raises(RegbenchError, match=r"'layer\.2' names no part of "
+                                            r"BertForSequenceClassification; the parts are model"):
+        model_parts(model, ["layer.2"])
+
+
+def test_the_run_key_holds_the_parts_in_fp32_where_a_plugin_names_any():
+    plan = Plan.of(parse_suite({"name": "p", "tasks": ["rte"], "sizes": [16],
+                                "regularizers": {"vanilla": {}, "lnsr": {"inject_layer": 4,
+                                                                         "include_logits": True}}}))
+    fixed = plan.suite.regularizers["lnsr"]
+    assert plan.config(Cell("lnsr", "rte", 16), fixed, 1)["fp32"] == ["layer.4", "layer.5", "head"]
+    assert "fp32" not in plan.config(Cell("vanilla", "rte", 16), {}, 1)
+
+
 # -- declared hyperparameters --------------------------------------------------------------------
 
 @pytest.mark.parametrize("param, value, expected", [
@@ -392,6 +457,7 @@ GOOD = """
 from optuna.distributions import FloatDistribution
 from regbench.params import Param
 from regbench.plugin import Loss, Regularizer
+from regbench.plugin_tools import autocast, model_parts
 
 class Plugin(Regularizer):
     name = "{name}"
