@@ -28,7 +28,9 @@ class HyPe(Regularizer):
     Precision: σ = 1e-5 is far below what bf16 resolves (8 bits of mantissa: 0.4% of a value,
     about 2e-3 for MiniLM's hidden states), so under bf16 autocast the layers and the head would
     round the noise away; every layer and the head compute in fp32 in training (`fp32_parts`),
-    whatever the run's precision. The draws come from the run's own generator
+    whatever the run's precision. Measured on one RTE batch of 8 (MiniLM, a fresh head): the
+    noise moves the loss by 2e-7 in fp32, and by the same under bf16 with those parts; with the
+    whole model in bf16, by 3e-5, bf16's rounding. The draws come from the run's own generator
     (`state.generator`), so the run's dropout masks are a vanilla run's.
 
     Defaults: the authors' GLUE script (uniform noise, σ = 1e-5); the search covers a decade

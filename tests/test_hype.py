@@ -9,6 +9,7 @@ import torch
 from optuna.distributions import FloatDistribution
 
 from regbench.harness import set_up
+from regbench.plugin_tools import autocast
 from regbench.plugins import build
 from regbench.recipe import Recipe
 from regbench.registry.hype import HyPe
@@ -72,6 +73,33 @@ def test_evaluation_sees_no_noise_and_training_keeps_vanillas_dropout(minilm, rt
     torch.manual_seed(5)
     model(**rte_batch)
     assert torch.equal(with_hype, torch.get_rng_state())
+
+
+def test_under_bf16_the_declared_fp32_parts_keep_the_noise_as_fp32_sees_it(minilm, rte_batch):
+    """σ = 1e-5 moves MiniLM's loss by about 2e-7 in fp32. With the layers and head that hype
+    declares in fp32, a bf16 run computes that loss exactly; without them, bf16's rounding of
+    the noisy states moves it a hundred times as much."""
+    model, head = minilm
+    model.train()
+
+    def loss(sigma: float, precision: str, parts: bool = True) -> float:
+        hype = HyPe(sigma=sigma)
+        state = set_up(hype, model, RTE, head, Recipe(precision=precision))
+        if not parts:
+            state.fp32.off()
+        torch.manual_seed(0)  # the same dropout masks in every pass
+        with torch.no_grad(), autocast(state.device, state.bf16):
+            value = model(**rte_batch).loss.item()
+        hype.after_training(state)
+        state.fp32.close()
+        return value
+
+    in_fp32 = loss(1e-5, "fp32") - loss(0.0, "fp32")
+    assert 0 < abs(in_fp32) < 1e-5
+    assert loss(1e-5, "bf16") == pytest.approx(loss(1e-5, "fp32"), rel=1e-6, abs=0)
+    assert loss(1e-5, "bf16") - loss(0.0, "bf16") == pytest.approx(in_fp32, rel=0.05)
+    assert abs(loss(1e-5, "bf16", parts=False) - loss(0.0, "bf16", parts=False)) > 20 * abs(
+        in_fp32)
 
 
 def test_registration_defaults_cost_and_search_space():
