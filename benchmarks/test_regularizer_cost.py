@@ -16,10 +16,13 @@ from regbench.recipe import Recipe
 
 # The cost targets of the plugin issue, on a 2-core CPU; lnsr injects at layer 0, one sample.
 # rdrop's second pass is a whole forward and backward; reinit and noisytune act once, before the
-# first step; llrd's groups only split AdamW's update into one call per depth.
+# first step; llrd's groups only split AdamW's update into one call per depth. sam's second pass
+# and freelb's two more (K = 3) are whole forwards and backwards; hype's noise and bss's singular
+# values of a 16 × 384 matrix are small next to a step.
 TARGETS = {"vanilla": 1.0, "weight_decay": 1.05, "l2sp": 1.15, "mixout": 1.3, "lnsr": 2.1,
            "smart": 3.5, "rdrop": 2.1, "reinit": 1.05, "noisytune": 1.05, "llrd": 1.05,
-           "childtuning_d": 1.05, "recadam": 1.1, "ema": 1.1, "r3f": 2.1}
+           "childtuning_d": 1.05, "recadam": 1.1, "ema": 1.1, "r3f": 2.1, "sam": 2.1,
+           "freelb": 3.1, "hype": 1.05, "bss": 1.05}
 # The schedule long enough that no step runs at a rate of 0.
 LONG = {"epochs": 0, "min_steps": 1000}
 # name -> (recipe, threads, batches). The issue's shape in fp32, as every earlier figure; the

@@ -237,15 +237,20 @@ def test_mt_dnn_ascent_climbs_stable_kl_and_divides_by_the_norm_plus_epsilon():
     assert (delta.abs().amax(-1) < 0.99).all()
 
 
+def _clean_pass(minilm, batch):
+    """MiniLM in eval mode, the batch's inputs, its embedding output and its logits."""
+    model, _ = minilm
+    model.eval()
+    inputs = _inputs(batch)
+    embedded = model.bert.embeddings(input_ids=batch["input_ids"],
+                                     token_type_ids=batch["token_type_ids"])
+    return model, inputs, embedded, model(**inputs).logits
+
+
 def test_mt_dnn_options_shrink_minilms_perturbation_to_its_measured_norm(minilm, rte_batch):
     """δ's per-token ∞-norm m/(m + 1e-6), m a few times 1e-5, δ₀'s: 0.96–0.98 measured, where
     the default's is 1."""
-    model, _ = minilm
-    model.eval()
-    inputs = _inputs(rte_batch)
-    embedded = model.bert.embeddings(input_ids=rte_batch["input_ids"],
-                                     token_type_ids=rte_batch["token_type_ids"])
-    clean = model(**inputs).logits
+    model, inputs, embedded, clean = _clean_pass(minilm, rte_batch)
     delta = adversarial_perturbation(model, embedded, inputs, clean, False, 1e-5, 1e-3, 1,
                                      ascend_stable_kl=True, norm_eps=1e-6)
     norms = delta.abs().amax(-1)
@@ -278,12 +283,7 @@ def test_the_main_pass_embedding_output_is_caught_once_and_no_hook_outlives_trai
 
 
 def test_ascent_raises_the_divergence_above_random_directions(minilm, rte_batch):
-    model, _ = minilm
-    model.eval()
-    inputs = _inputs(rte_batch)
-    embedded = model.bert.embeddings(input_ids=rte_batch["input_ids"],
-                                     token_type_ids=rte_batch["token_type_ids"])
-    clean = model(**inputs).logits
+    model, inputs, embedded, clean = _clean_pass(minilm, rte_batch)
 
     def divergence_at(delta):
         with torch.no_grad():
