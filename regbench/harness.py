@@ -19,7 +19,13 @@ from regbench.metrics import compute_metrics, predictions_from_logits
 from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
 from regbench.noise_stability import noise_stability
 from regbench.plugin import Loss, Regularizer, State
-from regbench.plugin_tools import ComputedInFP32, autocast, model_parts, plugin_generator
+from regbench.plugin_tools import (
+    ComputedInFP32,
+    autocast,
+    caught_pooled,
+    model_parts,
+    plugin_generator,
+)
 from regbench.recipe import Recipe
 from regbench.tasks import Task
 
@@ -145,7 +151,10 @@ def training_step(state: State, regularizer: Regularizer) -> float:
     model = state.model
     regularizer.before_forward(state)
     with autocast(state.device, state.bf16):
-        state.outputs = model(**state.batch, output_hidden_states=regularizer.needs_hidden_states)
+        with caught_pooled(model) as pooled:
+            state.outputs = model(**state.batch,
+                                  output_hidden_states=regularizer.needs_hidden_states)
+        state.outputs.pooled = pooled[0] if pooled else None
         loss = regularizer.loss(model, state.batch, state.outputs, state.outputs.loss)
     backward, reported = loss if isinstance(loss, Loss) else (loss, loss)
     value = reported.item()  # the one host sync of a step

@@ -71,7 +71,10 @@ class State:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     step: int = 0
     batch: dict[str, torch.Tensor] | None = None
-    outputs: Any = None  # the main forward pass of the current step
+    # The main forward pass of the current step: the model's outputs (`loss`, `logits`,
+    # `hidden_states` if asked for) and `pooled`, the features the head read (one vector per
+    # example; None for a model regbench does not know the head of).
+    outputs: Any = None
     # One epoch of the training split in the harness's padded batches, on the device, in an
     # order of its own: reading it leaves the run's data order alone. Never a dev half.
     read_training: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None

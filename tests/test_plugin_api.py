@@ -365,6 +365,56 @@ def test_the_run_key_holds_the_parts_in_fp32_where_a_plugin_names_any():
     assert "fp32" not in plan.config(Cell("vanilla", "rte", 16), {}, 1)
 
 
+# -- pooled features ------------------------------------------------------------------------------
+
+class Pooled(Regularizer):
+    """Keeps what `loss` sees of the features the head read."""
+
+    name = "pooled"
+    needs_hidden_states = True
+
+    def loss(self, model, batch, outputs, task_loss):
+        self.seen = (outputs.pooled, outputs.hidden_states[-1], self.state.outputs.pooled)
+        return task_loss
+
+
+def _pooled(model, head, batch):
+    plugin = Pooled()
+    state = set_up(plugin, model.eval(), get_task("rte"), head, recipe=NO_CLIPPING)
+    state.batch = batch
+    training_step(state, plugin)
+    pooled, last, on_state = plugin.seen
+    assert on_state is pooled
+    return pooled.detach(), last.detach()
+
+
+def test_the_hooks_see_the_cls_poolers_features(tiny_bert, tiny_batches):
+    model, head = tiny_bert
+    pooled, last = _pooled(model, head, tiny_batches[0])
+    dense = model.bert.pooler.dense
+    torch.testing.assert_close(pooled, torch.tanh(last[:, 0] @ dense.weight.T + dense.bias))
+
+
+def test_the_hooks_see_the_mean_of_the_real_tokens_under_mean_pooling(rte_batch):
+    from regbench.modeling import load_model
+
+    model, head = load_model("minilm", get_task("rte"), 0, pooling="mean")
+    pooled, last = _pooled(model, head, rte_batch)
+    mask = rte_batch["attention_mask"].bool()
+    expected = torch.stack([h[m].mean(0) for h, m in zip(last, mask, strict=True)])
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_the_hooks_see_the_cls_state_a_roberta_head_reads(tiny_batches):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    model = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=16, num_labels=2))
+    pooled, last = _pooled(model, frozenset(), tiny_batches[0])
+    torch.testing.assert_close(pooled, last[:, 0])
+
+
 # -- declared hyperparameters --------------------------------------------------------------------
 
 @pytest.mark.parametrize("param, value, expected", [
