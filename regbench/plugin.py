@@ -19,7 +19,9 @@ plugin overrides only those it needs; the README's "Writing a regularizer" has t
 
 A class declares its `hyperparameters` (each one's default, type and range; a run's values are
 `self.params`), the `search_space` the tuner explores (Optuna distributions over some of them) and
-its cost: `extra_passes` per step, `setup_passes` once. A class written against the first version
+its cost: `extra_passes` per step (or `step_cost`, a step's time against vanilla's, which may be
+below 1), and, once, `setup_passes` over the batched training split and `setup_example_passes`
+of single examples. A class written against the first version
 of this contract, with a `defaults` dict and the hooks `setup`, `param_groups`, `loss` and
 `after_step`, still runs: its parameters' types come from the defaults, their ranges from the
 search space.
@@ -162,8 +164,21 @@ class Regularizer:
         """Extra forward-and-backward passes per step, in units of a whole model's pass."""
         return 0.0
 
+    def step_cost(self) -> float:
+        """A step's time as a multiple of a vanilla step's: `1 + extra_passes()` unless a plugin
+        says otherwise. It may be below 1, for a method that spares work (frozen layers take no
+        backward pass); it must be above 0."""
+        return 1.0 + self.extra_passes()
+
     def setup_passes(self) -> float:
-        """Forward-and-backward passes over the whole training split, once, in `setup`."""
+        """Forward-and-backward passes over the whole training split in the harness's batches
+        (`state.training_batches()`), once, in `setup`."""
+        return 0.0
+
+    def setup_example_passes(self) -> float:
+        """Forward-and-backward passes of one example at a time, per training example, once, in
+        `setup` (a Fisher information of per-example gradients: 1). The dry run prices each as
+        a step at batch size 1, which costs far more per example than a batched pass."""
         return 0.0
 
     def fp32_parts(self, layers: int) -> tuple[str, ...]:

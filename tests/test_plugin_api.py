@@ -529,6 +529,10 @@ class Plugin(Regularizer):
     (("Param(1.0, gt=0)", "Param(1.0, gt=0, le=5)"),
      r"alpha's search range 10\.0 is not allowed by its declaration"),
     (("class Plugin(Regularizer):", "class Plugin:"), r"is not a subclass of"),
+    (("    @classmethod", "    def step_cost(self):\n        return 0.0\n\n    @classmethod"),
+     r"step_cost must be a number > 0 \(1 \+ extra_passes by default\), not 0\.0"),
+    (("    @classmethod", "    def setup_example_passes(self):\n        return -1\n\n    @classmethod"),
+     r"setup_passes and setup_example_passes must be numbers ≥ 0, not \(0\.0, -1\)"),
 ])
 def test_a_plugin_that_breaks_the_contract_is_reported_and_left_out(install_plugin, change,
                                                                      problem):
@@ -568,3 +572,41 @@ def test_costs_are_declared_per_step_and_once():
     lnsr = plugins.build("lnsr")
     assert lnsr.extra_passes() > 0 and lnsr.setup_passes() == 0
     assert math.isclose(plugins.build("vanilla").extra_passes(), 0.0)
+
+
+CHEAP = GOOD + """
+    def step_cost(self):
+        return 0.31  # most layers frozen: no backward pass through them
+"""
+FISHER = GOOD + """
+    def setup_passes(self):
+        return 1.0
+
+    def setup_example_passes(self):
+        return 2.0
+"""
+
+
+def test_the_estimate_prices_declared_step_costs_and_passes_of_single_examples(install_plugin,
+                                                                             monkeypatch):
+    from regbench import runner
+
+    install_plugin("cheap-dist", "cheap", CHEAP.format(name="cheap"))
+    install_plugin("fisher-dist", "fisher", FISHER.format(name="fisher"))
+    plan = Plan.of(parse_suite({"name": "costs", "tasks": ["rte"], "sizes": [16],
+                                "regularizers": ["vanilla", "cheap", "fisher"],
+                                "recipe": {"batch_size": 8, "epochs": 0, "min_steps": 40}}))
+    timed = []
+
+    def task_costs(suite, device, data_dir):  # 0.5 s a step at batch size 8, 0.1 s at 1
+        timed.append(suite.recipe.batch_size)
+        return {"rte": (0.5 if suite.recipe.batch_size == 8 else 0.1, 3.0)}
+
+    monkeypatch.setattr(runner, "task_costs", task_costs)
+    seconds = runner.estimate_seconds(plan, "cpu")
+    assert timed == [8, 1]  # a plugin passes single examples: their time is measured
+    assert seconds[Cell("vanilla", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5)
+    assert seconds[Cell("cheap", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5 * 0.31)
+    # One batched epoch (2 batches of 8) and two passes of each of the 16 examples at setup.
+    assert seconds[Cell("fisher", "rte", 16)] == pytest.approx(
+        3.0 + 40 * 0.5 + 2 * 0.5 + 2 * 16 * 0.1)
