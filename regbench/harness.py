@@ -113,6 +113,7 @@ def set_up(regularizer: Regularizer, model: torch.nn.Module, task: Task,
     state.fp32 = ComputedInFP32(model_parts(model, regularizer.fp32_parts(
         model.config.num_hidden_layers)), device)
     state.fp32.on()
+    model.zero_grad(set_to_none=True)  # the first step starts from none, whatever setup ran
     # torch's fused kernel, as the Trainer uses: its default loop over one tensor at a time took
     # a third of a small step on a CPU (22.7M weights, batches of 8).
     state.optimizer = torch.optim.AdamW(regularizer.param_groups(model), lr=recipe.learning_rate,
@@ -165,7 +166,7 @@ def training_step(state: State, regularizer: Regularizer) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), state.recipe.max_grad_norm)
     regularizer.before_optimizer_step(state)
     state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)  # every parameter's, optimised or not: the next step's own
     state.step += 1
     regularizer.after_step(model)
     state.scheduler.step()

@@ -251,6 +251,57 @@ def test_evaluate_on_the_prepared_model_matches_the_run(rte_data, tiny_recipe):
                              again.bf16)
 
 
+# -- the loop's rules: gradients and the task loss ------------------------------------------------
+
+class GradientRules(Regularizer):
+    """Leaves gradients behind in setup, runs a backward pass of its own in `loss` and returns
+    the task loss for the harness's; records what each hook finds."""
+
+    name = "gradient_rules"
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch, self.found = batch, []
+
+    def setup(self, model, state):
+        model(**self.batch).loss.backward()  # a Fisher estimate that does not clean up
+
+    def before_forward(self, state):
+        self.found.append(all(p.grad is None for p in state.model.parameters()))
+
+    def loss(self, model, batch, outputs, task_loss):
+        assert task_loss is outputs.loss and task_loss.requires_grad
+        self.losses = (task_loss.detach(),
+                       torch.nn.functional.cross_entropy(outputs.logits.detach(), batch["labels"]))
+        self.expected = torch.autograd.grad(task_loss, list(model.parameters()),
+                                            retain_graph=True)  # adds to no .grad
+        (2 * task_loss).backward(retain_graph=True)
+        return task_loss
+
+    def before_optimizer_step(self, state):
+        self.seen = _gradients(state.model)
+
+
+@pytest.mark.parametrize("max_norm", [1e9, 0.01])
+def test_gradients_start_each_step_at_none_and_add_up_what_loss_and_the_harness_backpropagate(
+        tiny_bert, tiny_batches, max_norm):
+    model, head = tiny_bert
+    plugin = GradientRules(tiny_batches[2])
+    recipe = Recipe(max_grad_norm=max_norm, epochs=0, min_steps=10, precision="fp32")
+    state = set_up(plugin, model, get_task("rte"), head, recipe=recipe)
+    for batch in tiny_batches[:2]:
+        state.batch = batch
+        training_step(state, plugin)
+        # task_loss is the model's own loss: the batch's mean cross-entropy.
+        torch.testing.assert_close(*plugin.losses)
+        summed = [3 * g for g in plugin.expected]  # 2× in `loss`, 1× by the harness
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in summed]))
+        scale = min(1.0, max_norm / norm.item())
+        for seen, grad in zip(plugin.seen, summed, strict=True):
+            torch.testing.assert_close(seen, scale * grad, rtol=1e-5, atol=1e-8)
+    assert plugin.found == [True, True]  # cleared after setup, and after every step
+
+
 # -- what `loss` returns ----------------------------------------------------------------------
 
 NO_CLIPPING = Recipe(max_grad_norm=1e9, epochs=0, min_steps=10, precision="fp32")
