@@ -143,7 +143,7 @@ def harness_part(report: Report, device: torch.device, sizes: Sizes, glue_dir: s
 def cost_part(report: Report, device: torch.device, sizes: Sizes, glue_dir: str) -> dict:
     costs = step_costs(glue_dir, device, sizes.cost, sizes.cost_batches, sizes.cost_rounds)
     ratios = costs.ratios
-    declared = {name: 1 + build(name, OPTIONS.get(name, {})).extra_passes() for name in ratios}
+    declared = {name: build(name, OPTIONS.get(name, {})).step_cost() for name in ratios}
     report.data["step_costs"] = {"seconds": costs.seconds, "ratios": ratios,
                                  "declared": declared, "errors": costs.errors,
                                  "options": OPTIONS, "batch_size": sizes.cost.batch_size,

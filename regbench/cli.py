@@ -268,11 +268,12 @@ def cmd_regularizers(args) -> None:
     for name, cls in loadable().items():
         space = "; ".join(f"{k}: {_describe(d)}" for k, d in cls.search_space(depth).items())
         plugin = cls()
-        passes = plugin.setup_passes()
+        passes, singly = plugin.setup_passes(), plugin.setup_example_passes()
+        setup = [f"{passes:g} epoch{'s' if passes > 1 else ''}" if passes else "",
+                 f"{singly:g} pass{'es' if singly > 1 else ''} per example" if singly else ""]
         rows.append([name, distribution_of(name), cls.version,
                      ", ".join(f"{k}={v}" for k, v in cls.defaults.items()) or "-", space or "-",
-                     f"{1 + plugin.extra_passes():.2f}x",
-                     f"{passes:g} epoch{'s' if passes > 1 else ''}" if passes else "-"])
+                     f"{plugin.step_cost():.2f}x", ", ".join(filter(None, setup)) or "-"])
     print(tabulate(rows, headers=["regularizer", "from", "version", "defaults", "search space",
                                   "step cost", "setup"],
                    maxcolwidths=[None, None, None, 40, 50, None, None]))

@@ -19,7 +19,13 @@ from regbench.metrics import compute_metrics, predictions_from_logits
 from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
 from regbench.noise_stability import noise_stability
 from regbench.plugin import Loss, Regularizer, State
-from regbench.plugin_tools import ComputedInFP32, autocast, model_parts, plugin_generator
+from regbench.plugin_tools import (
+    ComputedInFP32,
+    autocast,
+    caught_pooled,
+    model_parts,
+    plugin_generator,
+)
 from regbench.recipe import Recipe
 from regbench.tasks import Task
 
@@ -107,6 +113,7 @@ def set_up(regularizer: Regularizer, model: torch.nn.Module, task: Task,
     state.fp32 = ComputedInFP32(model_parts(model, regularizer.fp32_parts(
         model.config.num_hidden_layers)), device)
     state.fp32.on()
+    model.zero_grad(set_to_none=True)  # the first step starts from none, whatever setup ran
     # torch's fused kernel, as the Trainer uses: its default loop over one tensor at a time took
     # a third of a small step on a CPU (22.7M weights, batches of 8).
     state.optimizer = torch.optim.AdamW(regularizer.param_groups(model), lr=recipe.learning_rate,
@@ -145,7 +152,10 @@ def training_step(state: State, regularizer: Regularizer) -> float:
     model = state.model
     regularizer.before_forward(state)
     with autocast(state.device, state.bf16):
-        state.outputs = model(**state.batch, output_hidden_states=regularizer.needs_hidden_states)
+        with caught_pooled(model) as pooled:
+            state.outputs = model(**state.batch,
+                                  output_hidden_states=regularizer.needs_hidden_states)
+        state.outputs.pooled = pooled[0] if pooled else None
         loss = regularizer.loss(model, state.batch, state.outputs, state.outputs.loss)
     backward, reported = loss if isinstance(loss, Loss) else (loss, loss)
     value = reported.item()  # the one host sync of a step
@@ -156,7 +166,7 @@ def training_step(state: State, regularizer: Regularizer) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), state.recipe.max_grad_norm)
     regularizer.before_optimizer_step(state)
     state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)  # every parameter's, optimised or not: the next step's own
     state.step += 1
     regularizer.after_step(model)
     state.scheduler.step()

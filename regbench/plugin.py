@@ -10,19 +10,47 @@ plugin overrides only those it needs; the README's "Writing a regularizer" has t
     schedule(state)                once: the learning-rate factor of each step (one for all
                                    groups, or a list with one per group)
     each step:
-      before_forward(state)        `state.batch` is set; `state.step` counts the steps taken
-      loss(model, batch, outputs, task_loss)   the training loss
+      before_forward(state)        `state.batch` is set; `state.step` counts the steps taken;
+                                   every gradient is None
+      loss(model, batch, outputs, task_loss)   the training loss (a tensor or a `Loss`); may
+                                   run forward and backward passes of its own
       before_optimizer_step(state) after backward and clipping: the gradients are final
       after_step(model)            after the optimiser's step; `state.lrs` are the rates it used
     before_evaluate(state), after_evaluate(state)   around every evaluation: the evaluated weights
     after_training(state)          once, after the last step and before the test: undo `setup`
 
+What the loop guarantees within a step (held by tests/test_plugin_api.py):
+
+- Gradients. Every parameter's `.grad` is None when a step begins: the harness clears them after
+  `setup` (which may run backward passes of its own) and after every optimiser step. Within a
+  step, backward passes add up: those `loss` runs itself, then the harness's backward of what
+  `loss` returns. `before_optimizer_step` sees that sum, clipped to the recipe's
+  `max_grad_norm` (one norm over all parameters), and may change it; the optimiser steps on it.
+- `loss` may therefore take gradients itself: several forward-and-backward passes accumulated
+  (FreeLB), or a gradient at other weights (SAM: move to w + ε, backward, move back). It returns
+  one tensor, reported and backpropagated, or a `Loss(backward, reported)`: `backward` None when
+  it ran every backward pass itself; `reported` is what the progress bar shows and what the
+  divergence check reads (a non-finite one stops the run before any backward of the harness).
+- `task_loss` is `outputs.loss`, the model's own loss on the main pass over `batch`: the mean
+  cross-entropy over the batch for classification, the mean squared error for regression, with
+  dropout on (the model is in training mode). `outputs` also holds `logits`, `hidden_states`
+  (with `needs_hidden_states`) and `pooled`, the features the head read.
+- Precision. The main pass and `loss` (its own passes and backward passes included) run in the
+  run's autocast context (`plugin_tools.autocast`: bf16 where `state.bf16`); the parts of the
+  model a plugin names in `fp32_parts` compute in fp32 in training, evaluations in the run's own
+  precision.
+- Randomness. The global generator, seeded with the run's seed, draws dropout; a plugin's draws
+  from it shift the masks of everything after them. `state.generator` is the plugin's own, and
+  `plugin_tools.drawn_apart` and `replayed` draw apart from the run's stream or repeat it.
+
 A class declares its `hyperparameters` (each one's default, type and range; a run's values are
-`self.params`), the `search_space` the tuner explores (Optuna distributions over some of them) and
-its cost: `extra_passes` per step, `setup_passes` once. A class written against the first version
-of this contract, with a `defaults` dict and the hooks `setup`, `param_groups`, `loss` and
-`after_step`, still runs: its parameters' types come from the defaults, their ranges from the
-search space.
+`self.params`), the `search_space` the tuner explores (Optuna distributions over some of them),
+the parts of the model it needs in fp32 (`fp32_parts`) and its cost: `extra_passes` per step (or
+`step_cost`, a step's time against vanilla's, which may be below 1), and, once, `setup_passes`
+over the batched training split and `setup_example_passes` of single examples. A class written
+against the first version of this contract, with a `defaults` dict and the hooks `setup`,
+`param_groups`, `loss` and `after_step`, still runs: its parameters' types come from the
+defaults, their ranges from the search space.
 
 This module imports no torch, so that suites and listings can read declarations cheaply.
 """
@@ -71,7 +99,10 @@ class State:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     step: int = 0
     batch: dict[str, torch.Tensor] | None = None
-    outputs: Any = None  # the main forward pass of the current step
+    # The main forward pass of the current step: the model's outputs (`loss`, `logits`,
+    # `hidden_states` if asked for) and `pooled`, the features the head read (one vector per
+    # example; None for a model regbench does not know the head of).
+    outputs: Any = None
     # One epoch of the training split in the harness's padded batches, on the device, in an
     # order of its own: reading it leaves the run's data order alone. Never a dev half.
     read_training: Callable[[], Iterator[dict[str, torch.Tensor]]] | None = None
@@ -159,8 +190,21 @@ class Regularizer:
         """Extra forward-and-backward passes per step, in units of a whole model's pass."""
         return 0.0
 
+    def step_cost(self) -> float:
+        """A step's time as a multiple of a vanilla step's: `1 + extra_passes()` unless a plugin
+        says otherwise. It may be below 1, for a method that spares work (frozen layers take no
+        backward pass); it must be above 0."""
+        return 1.0 + self.extra_passes()
+
     def setup_passes(self) -> float:
-        """Forward-and-backward passes over the whole training split, once, in `setup`."""
+        """Forward-and-backward passes over the whole training split in the harness's batches
+        (`state.training_batches()`), once, in `setup`."""
+        return 0.0
+
+    def setup_example_passes(self) -> float:
+        """Forward-and-backward passes of one example at a time, per training example, once, in
+        `setup` (a Fisher information of per-example gradients: 1). The dry run prices each as
+        a step at batch size 1, which costs far more per example than a batched pass."""
         return 0.0
 
     def fp32_parts(self, layers: int) -> tuple[str, ...]:

@@ -8,7 +8,8 @@ The built-ins use these and nothing private; a third-party plugin imports them t
   the run's own for a plugin's draws in the loop.
 - Precision: `autocast` is the context the harness runs every forward pass in;
   `ComputedInFP32` is how the harness applies a plugin's `fp32_parts` (named by `model_parts`).
-- The model: `logits_head`, what turns the last hidden state into logits.
+- The model: `logits_head`, what turns the last hidden state into logits; `caught_pooled`, the
+  features the head reads (the harness hands the main pass's to the hooks as `outputs.pooled`).
 - Weights: `averaged_tensors` (what a copy of the weights covers), `snapshot` (a detached copy),
   `swap` (exchange two copies in place), `pretrained_and_head` (the parameters the checkpoint held
   and the new head's), `squared_norm`.
@@ -135,6 +136,30 @@ def logits_head(model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], torch.
     raise RegbenchError(f"regbench does not know the classification head of "
                         f"{type(model).__name__}: it knows BERT's (a pooler and a linear "
                         "classifier) and RoBERTa's or ELECTRA's (a classifier with `out_proj`).")
+
+
+@contextmanager
+def caught_pooled(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """A list that receives, for each forward pass of `model` in the block, the features its
+    classification head reads, one vector per example: the pooler's output in BERT-style models
+    (the dense layer on [CLS], or the mean of the real tokens under the recipe's mean pooling,
+    which replaces it), the [CLS] hidden state that RoBERTa's and ELECTRA's heads start from.
+    It stays empty for a model of another shape."""
+    caught: list[torch.Tensor] = []
+    pooler, classifier = getattr(model.base_model, "pooler", None), getattr(model, "classifier",
+                                                                            None)
+    if pooler is not None:
+        hook = pooler.register_forward_hook(lambda module, args, out: caught.append(out))
+    elif hasattr(classifier, "out_proj"):
+        hook = classifier.register_forward_pre_hook(
+            lambda module, args: caught.append(args[0][:, 0]))
+    else:
+        yield caught
+        return
+    try:
+        yield caught
+    finally:
+        hook.remove()
 
 
 PARTS = ("model", "embeddings", "layer.K", "head")

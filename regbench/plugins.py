@@ -103,11 +103,15 @@ def _breach(cls: Any, name: str) -> str | None:
             except ValueError as err:
                 return f"{key}'s {what} {value!r} is not allowed by its declaration ({err})"
     try:
-        costs = (cls().extra_passes(), cls().setup_passes())
+        plugin = cls()
+        step, setup = plugin.step_cost(), (plugin.setup_passes(), plugin.setup_example_passes())
     except Exception as err:
         return f"it cannot be built with its defaults ({type(err).__name__}: {err})"
-    if not all(isinstance(c, (int, float)) and c >= 0 for c in costs):
-        return f"extra_passes and setup_passes must be numbers ≥ 0, not {costs}"
+    if not (isinstance(step, (int, float)) and step > 0):
+        return f"step_cost must be a number > 0 (1 + extra_passes by default), not {step!r}"
+    if not all(isinstance(c, (int, float)) and c >= 0 for c in setup):
+        return (f"setup_passes and setup_example_passes must be numbers ≥ 0, not "
+                f"{setup}")
     return None
 
 

@@ -11,7 +11,7 @@ import os
 import statistics
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -533,21 +533,35 @@ def task_costs(suite: Suite, device: torch.device,
 
 def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = None,
                      step_costs: dict[str, float] | None = None,
-                     costs: dict[str, tuple[float, float]] | None = None) -> dict[Cell, float]:
+                     costs: dict[str, tuple[float, float]] | None = None,
+                     example_costs: dict[str, float] | None = None) -> dict[Cell, float]:
     """Seconds per run of each cell on `device`: its task's fixed cost and vanilla step time
     (`costs`, measured by `task_costs` unless given), the steps scaled by the regularizer's cost
     against vanilla: `step_costs` where measured (benchmarks/gpu.py), else the plugin's declared
-    `1 + extra_passes()`; and its passes over the training split in setup (`setup_passes`), at
-    vanilla's step time per batch."""
+    `step_cost()`; its passes over the training split in setup (`setup_passes`), at vanilla's
+    step time per batch; and its passes of single examples (`setup_example_passes`), at
+    vanilla's step time at batch size 1 (`example_costs`, measured where needed unless given)."""
     suite = plan.suite
     costs = costs or task_costs(suite, pick_device(device), data_dir)
+    plugins = {name: build(name, options) for name, options in suite.regularizers.items()}
+    if example_costs is None:
+        singly = any(plugin.setup_example_passes() for plugin in plugins.values())
+        example_costs = {task: per_step for task, (per_step, _) in task_costs(
+            single_examples(suite), pick_device(device), data_dir).items()} if singly else {}
     estimates = {}
     for cell in plan.cells:
-        plugin = build(cell.regularizer, suite.regularizers[cell.regularizer])
+        plugin = plugins[cell.regularizer]
         cost = (step_costs or {}).get(cell.regularizer)
         if cost is None:
-            cost = 1 + plugin.extra_passes()
+            cost = plugin.step_cost()
         per_step, fixed = costs[cell.task]
-        setup = plugin.setup_passes() * math.ceil(cell.size / suite.recipe.batch_size)
-        estimates[cell] = fixed + (suite.recipe.total_steps(cell.size) * cost + setup) * per_step
+        setup = plugin.setup_passes() * math.ceil(cell.size / suite.recipe.batch_size) * per_step
+        if plugin.setup_example_passes():
+            setup += plugin.setup_example_passes() * cell.size * example_costs[cell.task]
+        estimates[cell] = fixed + suite.recipe.total_steps(cell.size) * cost * per_step + setup
     return estimates
+
+
+def single_examples(suite: Suite) -> Suite:
+    """`suite` at batch size 1: `task_costs` of it time a pass of one example."""
+    return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(), "batch_size": 1}))

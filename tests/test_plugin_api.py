@@ -251,6 +251,57 @@ def test_evaluate_on_the_prepared_model_matches_the_run(rte_data, tiny_recipe):
                              again.bf16)
 
 
+# -- the loop's rules: gradients and the task loss ------------------------------------------------
+
+class GradientRules(Regularizer):
+    """Leaves gradients behind in setup, runs a backward pass of its own in `loss` and returns
+    the task loss for the harness's; records what each hook finds."""
+
+    name = "gradient_rules"
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch, self.found = batch, []
+
+    def setup(self, model, state):
+        model(**self.batch).loss.backward()  # a Fisher estimate that does not clean up
+
+    def before_forward(self, state):
+        self.found.append(all(p.grad is None for p in state.model.parameters()))
+
+    def loss(self, model, batch, outputs, task_loss):
+        assert task_loss is outputs.loss and task_loss.requires_grad
+        self.losses = (task_loss.detach(),
+                       torch.nn.functional.cross_entropy(outputs.logits.detach(), batch["labels"]))
+        self.expected = torch.autograd.grad(task_loss, list(model.parameters()),
+                                            retain_graph=True)  # adds to no .grad
+        (2 * task_loss).backward(retain_graph=True)
+        return task_loss
+
+    def before_optimizer_step(self, state):
+        self.seen = _gradients(state.model)
+
+
+@pytest.mark.parametrize("max_norm", [1e9, 0.01])
+def test_gradients_start_each_step_at_none_and_add_up_what_loss_and_the_harness_backpropagate(
+        tiny_bert, tiny_batches, max_norm):
+    model, head = tiny_bert
+    plugin = GradientRules(tiny_batches[2])
+    recipe = Recipe(max_grad_norm=max_norm, epochs=0, min_steps=10, precision="fp32")
+    state = set_up(plugin, model, get_task("rte"), head, recipe=recipe)
+    for batch in tiny_batches[:2]:
+        state.batch = batch
+        training_step(state, plugin)
+        # task_loss is the model's own loss: the batch's mean cross-entropy.
+        torch.testing.assert_close(*plugin.losses)
+        summed = [3 * g for g in plugin.expected]  # 2× in `loss`, 1× by the harness
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in summed]))
+        scale = min(1.0, max_norm / norm.item())
+        for seen, grad in zip(plugin.seen, summed, strict=True):
+            torch.testing.assert_close(seen, scale * grad, rtol=1e-5, atol=1e-8)
+    assert plugin.found == [True, True]  # cleared after setup, and after every step
+
+
 # -- what `loss` returns ----------------------------------------------------------------------
 
 NO_CLIPPING = Recipe(max_grad_norm=1e9, epochs=0, min_steps=10, precision="fp32")
@@ -363,6 +414,56 @@ def test_the_run_key_holds_the_parts_in_fp32_where_a_plugin_names_any():
     fixed = plan.suite.regularizers["lnsr"]
     assert plan.config(Cell("lnsr", "rte", 16), fixed, 1)["fp32"] == ["layer.4", "layer.5", "head"]
     assert "fp32" not in plan.config(Cell("vanilla", "rte", 16), {}, 1)
+
+
+# -- pooled features ------------------------------------------------------------------------------
+
+class Pooled(Regularizer):
+    """Keeps what `loss` sees of the features the head read."""
+
+    name = "pooled"
+    needs_hidden_states = True
+
+    def loss(self, model, batch, outputs, task_loss):
+        self.seen = (outputs.pooled, outputs.hidden_states[-1], self.state.outputs.pooled)
+        return task_loss
+
+
+def _pooled(model, head, batch):
+    plugin = Pooled()
+    state = set_up(plugin, model.eval(), get_task("rte"), head, recipe=NO_CLIPPING)
+    state.batch = batch
+    training_step(state, plugin)
+    pooled, last, on_state = plugin.seen
+    assert on_state is pooled
+    return pooled.detach(), last.detach()
+
+
+def test_the_hooks_see_the_cls_poolers_features(tiny_bert, tiny_batches):
+    model, head = tiny_bert
+    pooled, last = _pooled(model, head, tiny_batches[0])
+    dense = model.bert.pooler.dense
+    torch.testing.assert_close(pooled, torch.tanh(last[:, 0] @ dense.weight.T + dense.bias))
+
+
+def test_the_hooks_see_the_mean_of_the_real_tokens_under_mean_pooling(rte_batch):
+    from regbench.modeling import load_model
+
+    model, head = load_model("minilm", get_task("rte"), 0, pooling="mean")
+    pooled, last = _pooled(model, head, rte_batch)
+    mask = rte_batch["attention_mask"].bool()
+    expected = torch.stack([h[m].mean(0) for h, m in zip(last, mask, strict=True)])
+    torch.testing.assert_close(pooled, expected)
+
+
+def test_the_hooks_see_the_cls_state_a_roberta_head_reads(tiny_batches):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    model = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16, max_position_embeddings=16, num_labels=2))
+    pooled, last = _pooled(model, frozenset(), tiny_batches[0])
+    torch.testing.assert_close(pooled, last[:, 0])
 
 
 # -- declared hyperparameters --------------------------------------------------------------------
@@ -484,6 +585,10 @@ class Plugin(Regularizer):
     (("Param(1.0, gt=0)", "Param(1.0, gt=0, le=5)"),
      r"alpha's search range 10\.0 is not allowed by its declaration"),
     (("class Plugin(Regularizer):", "class Plugin:"), r"is not a subclass of"),
+    (("    @classmethod", "    def step_cost(self):\n        return 0.0\n\n    @classmethod"),
+     r"step_cost must be a number > 0 \(1 \+ extra_passes by default\), not 0\.0"),
+    (("    @classmethod", "    def setup_example_passes(self):\n        return -1\n\n    @classmethod"),
+     r"setup_passes and setup_example_passes must be numbers ≥ 0, not \(0\.0, -1\)"),
 ])
 def test_a_plugin_that_breaks_the_contract_is_reported_and_left_out(install_plugin, change,
                                                                      problem):
@@ -523,3 +628,41 @@ def test_costs_are_declared_per_step_and_once():
     lnsr = plugins.build("lnsr")
     assert lnsr.extra_passes() > 0 and lnsr.setup_passes() == 0
     assert math.isclose(plugins.build("vanilla").extra_passes(), 0.0)
+
+
+CHEAP = GOOD + """
+    def step_cost(self):
+        return 0.31  # most layers frozen: no backward pass through them
+"""
+FISHER = GOOD + """
+    def setup_passes(self):
+        return 1.0
+
+    def setup_example_passes(self):
+        return 2.0
+"""
+
+
+def test_the_estimate_prices_declared_step_costs_and_passes_of_single_examples(install_plugin,
+                                                                             monkeypatch):
+    from regbench import runner
+
+    install_plugin("cheap-dist", "cheap", CHEAP.format(name="cheap"))
+    install_plugin("fisher-dist", "fisher", FISHER.format(name="fisher"))
+    plan = Plan.of(parse_suite({"name": "costs", "tasks": ["rte"], "sizes": [16],
+                                "regularizers": ["vanilla", "cheap", "fisher"],
+                                "recipe": {"batch_size": 8, "epochs": 0, "min_steps": 40}}))
+    timed = []
+
+    def task_costs(suite, device, data_dir):  # 0.5 s a step at batch size 8, 0.1 s at 1
+        timed.append(suite.recipe.batch_size)
+        return {"rte": (0.5 if suite.recipe.batch_size == 8 else 0.1, 3.0)}
+
+    monkeypatch.setattr(runner, "task_costs", task_costs)
+    seconds = runner.estimate_seconds(plan, "cpu")
+    assert timed == [8, 1]  # a plugin passes single examples: their time is measured
+    assert seconds[Cell("vanilla", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5)
+    assert seconds[Cell("cheap", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5 * 0.31)
+    # One batched epoch (2 batches of 8) and two passes of each of the 16 examples at setup.
+    assert seconds[Cell("fisher", "rte", 16)] == pytest.approx(
+        3.0 + 40 * 0.5 + 2 * 0.5 + 2 * 16 * 0.1)
