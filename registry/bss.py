@@ -1,5 +1,5 @@
 """BSS: batch spectral shrinkage, a penalty on the smallest singular values of the batch's
-features (regularizers.md, "More methods")."""
+features (Chen et al., NeurIPS 2019)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 
 from regbench.errors import RegbenchError
 from regbench.params import Param
-from regbench.plugin import Regularizer, State
+from regbench.plugin import Regularizer
 
 
 def spectral_shrinkage(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -24,10 +24,10 @@ def spectral_shrinkage(features: torch.Tensor, k: int) -> torch.Tensor:
 class BSS(Regularizer):
     """loss = task loss + η · Σ_{i=1..k} σ²₋ᵢ(F)
 
-    F is the batch's feature matrix (B examples × d), the features the task head reads: the
-    model's pooled output before the head's dropout, whichever the recipe's pooling (BERT's
-    pooler on [CLS], or the mean of the tokens); σ₋ᵢ is its i-th smallest singular value, of the
-    min(B, d) it has. Gradients flow into the encoder through the singular values (their
+    F is the batch's feature matrix (B examples × d), the features the task head reads
+    (`outputs.pooled`): the model's pooled output before the head's dropout, whichever the
+    recipe's pooling (BERT's pooler on [CLS], or the mean of the tokens); σ₋ᵢ is its i-th
+    smallest singular value, of the min(B, d) it has. Gradients flow into the encoder through the singular values (their
     gradient, uᵢσᵢvᵢᵀ·2, is exact while they are distinct).
 
     The defaults are the paper's and its code's, for images and for BERT on GLUE alike
@@ -46,21 +46,11 @@ class BSS(Regularizer):
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
         return {"eta": FloatDistribution(1e-5, 1e-1, log=True)}
 
-    def setup(self, model: torch.nn.Module, state: State) -> None:
-        pooler = getattr(model.base_model, "pooler", None)
-        if pooler is None:
-            raise RegbenchError(f"bss reads the pooled features, and {type(model).__name__} has "
-                                "no pooler; use a BERT-style model.")
-        self.pooled: torch.Tensor | None = None
-        self.hook = pooler.register_forward_hook(self._catch)
-
-    def _catch(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.pooled = output
-
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], outputs: Any,
              task_loss: torch.Tensor) -> torch.Tensor:
-        pooled, self.pooled = self.pooled, None
-        return task_loss + self.params["eta"] * spectral_shrinkage(pooled, self.params["k"])
-
-    def after_training(self, state: State) -> None:
-        self.hook.remove()
+        if outputs.pooled is None:
+            raise RegbenchError(f"bss reads the features the head reads, and regbench does not "
+                                f"know where {type(model).__name__}'s head reads them; use a "
+                                "BERT, RoBERTa or ELECTRA model.")
+        return task_loss + self.params["eta"] * spectral_shrinkage(outputs.pooled,
+                                                                   self.params["k"])

@@ -1,5 +1,5 @@
 """FreeLB: adversarial training on the word embeddings, the parameters' gradients accumulated over
-the ascent's steps (regularizers.md, "More methods")."""
+the ascent's steps (Zhu et al., ICLR 2020)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """HyPe: a little random noise on the hidden states entering every transformer layer, in training
-(regularizers.md, "More methods")."""
+(Yuan et al., ACL 2023)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """SAM: sharpness-aware minimisation, the step taken with the gradient at the worst nearby weights
-(regularizers.md, "More methods")."""
+(Foret et al., ICLR 2021)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from optuna.distributions import FloatDistribution
 
 from regbench.harness import set_up
 from regbench.modeling import load_model
+from regbench.plugin_tools import caught_pooled
 from regbench.plugins import build
 from regbench.registry.bss import BSS, spectral_shrinkage
 from regbench.tasks import get_task
@@ -49,8 +50,9 @@ def test_the_penalty_is_on_the_pooled_features_the_head_reads(pooling, rte_batch
     model.eval()  # no dropout: the pooled features below are the main pass's
     bss = BSS(eta=0.5)
     set_up(bss, model, RTE, head)
-    bss.before_forward(bss.state)
-    outputs = model(**rte_batch)
+    with caught_pooled(model) as caught:  # as the harness hands them to the hooks
+        outputs = model(**rte_batch)
+    outputs.pooled = caught[0]
     loss = bss.loss(model, rte_batch, outputs, outputs.loss)
     inputs = {k: v for k, v in rte_batch.items() if k != "labels"}
     pooled = model.bert(**inputs).pooler_output
