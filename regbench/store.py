@@ -392,10 +392,10 @@ def open_database(url: str, create: bool) -> sa.Engine:
         engine.dispose()
         found = f"another program's tables ({', '.join(sorted(tables)[:5])})" if tables else \
             "no tables"
-        raise (RegbenchError if tables else NothingStored)(f"Storage {_where(url)} holds {found}, none of regbench's: it is not "
-                            "a regbench store. Name the store of this suite with --storage"
-                            + (", or a new database." if create else
-                               ", or run the suite first to make one."))
+        raise (RegbenchError if tables else NothingStored)(
+            f"Storage {_where(url)} holds {found}, none of regbench's: it is not "
+            "a regbench store. Name the store of this suite with --storage"
+            + (", or a new database." if create else ", or run the suite first to make one."))
     return engine
 
 

@@ -27,8 +27,8 @@ class BSS(Regularizer):
     F is the batch's feature matrix (B examples × d), the features the task head reads
     (`outputs.pooled`): the model's pooled output before the head's dropout, whichever the
     recipe's pooling (BERT's pooler on [CLS], or the mean of the tokens); σ₋ᵢ is its i-th
-    smallest singular value, of the min(B, d) it has. Gradients flow into the encoder through the singular values (their
-    gradient, uᵢσᵢvᵢᵀ·2, is exact while they are distinct).
+    smallest singular value, of the min(B, d) it has. Gradients flow into the encoder through the
+    singular values (σᵢ²'s gradient in F, 2σᵢ·uᵢvᵢᵀ, is exact while they are distinct).
 
     The defaults are the paper's and its code's, for images and for BERT on GLUE alike
     (thuml/Batch-Spectral-Shrinkage, `run_glue_BSS.py`: η = 0.001 on the pooled output, k = 1).
