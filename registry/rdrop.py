@@ -12,7 +12,6 @@ from regbench.params import Param
 from regbench.plugin import Regularizer, State
 from regbench.registry.smart import divergence
 
-
 REDUCTIONS = ("sum", "mean")
 
 
