@@ -110,8 +110,8 @@ def set_up(regularizer: Regularizer, model: torch.nn.Module, task: Task,
                   seed=seed, generator=plugin_generator(seed, device))
     regularizer.state = state
     regularizer.setup(model, state)
-    state.fp32 = ComputedInFP32(model_parts(model, regularizer.fp32_parts(
-        model.config.num_hidden_layers)), device)
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", 0)  # 0: not a known shape
+    state.fp32 = ComputedInFP32(model_parts(model, regularizer.fp32_parts(depth)), device)
     state.fp32.on()
     model.zero_grad(set_to_none=True)  # the first step starts from none, whatever setup ran
     # torch's fused kernel, as the Trainer uses: its default loop over one tensor at a time took

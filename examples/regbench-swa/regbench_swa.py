@@ -12,7 +12,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from regbench.errors import RegbenchError
 from regbench.params import Param
 from regbench.plugin import Regularizer, State
-from regbench.registry.ema import averaged_tensors, swap
+from regbench.plugin_tools import averaged_tensors, snapshot, swap
 
 
 class SWA(Regularizer):
@@ -89,7 +89,7 @@ class SWA(Regularizer):
         """Add the current weights to the average."""
         self.count += 1
         if self.average is None:
-            self.average = [t.detach().clone() for t in self.live]
+            self.average = snapshot(self.live)
         else:
             torch._foreach_lerp_(self.average, self.live, 1.0 / self.count)
 
