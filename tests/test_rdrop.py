@@ -26,7 +26,6 @@ class SecondPass(torch.nn.Module):
         super().__init__()
         self.logits, self.task_loss = torch.tensor(logits), torch.tensor(loss)
         self.unused = torch.nn.Parameter(torch.zeros(1))  # for the optimiser set_up builds
-        self.config = SimpleNamespace(num_hidden_layers=0)  # the depth set_up reads
 
     def forward(self, **batch):
         return SimpleNamespace(logits=self.logits, loss=self.task_loss)
