@@ -1,5 +1,6 @@
-"""Publishing a suite's leaderboard: the board (regbench.board) written as markdown, CSV, JSON
-and plots, every file whole, and a published board never replaced by a smaller one unasked.
+"""Publishing a suite's leaderboard: the board (regbench.board) written as markdown, CSV, JSON,
+plots and a web page, with the folder's index of pages, every file whole, and a published board
+never replaced by a smaller one unasked.
 
 Neither this module nor what it imports loads torch or transformers: a stored board is published
 without a deep-learning stack.
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from regbench import plots
+from regbench import plots, webpage
 from regbench.board import build, runs_shown
 from regbench.data import load_raw
 from regbench.errors import RegbenchError
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
 
 def publish(frame: pd.DataFrame, expected: pd.DataFrame | None, out_dir: Path, name: str,
             meta: dict, baselines: dict[str, float], force: bool = False) -> Path:
-    """Write `<name>.md`, `.csv` (one row per cell), `.json` (everything) and `<name>-*.png` into
-    `out_dir` from the final runs of `frame` (the store's runs table); returns the markdown path.
+    """Write `<name>.md`, `.csv` (one row per cell), `.json` (everything), `.html` (the web
+    page) and `<name>-*.png` into `out_dir` from the final runs of `frame` (the store's runs
+    table), and the folder's `index.html`; returns the markdown path.
 
     See `regbench.board.build` for `expected` and `baselines`. A board already published there
     with more runs is replaced only when `force` is set.
@@ -49,11 +51,14 @@ def publish(frame: pd.DataFrame, expected: pd.DataFrame | None, out_dir: Path, n
                             "the storage right? Pass --force to replace it.")
     images = {f"{name}-{key}.png": plots.png(figure)
               for key, figure in plots.figures(board).items()}
-    document = {**board.to_json(), "images": list(images)}
-    # The markdown last: it names the images, which are then in place.
+    document = {**board.to_json(), "images": list(images), "page": f"{name}.html"}
+    boards = webpage.published_documents(out_dir, {name: document})
+    # The markdown and the pages last: they name the other files, which are then in place.
     files = {**images, f"{name}.csv": board.cells.to_csv(index=False).encode(),
              published.name: json.dumps(document, indent=1, default=str).encode(),
-             f"{name}.md": render(board, list(images)).encode()}
+             f"{name}.md": render(board, list(images)).encode(),
+             f"{name}.html": webpage.board_page(board, name).encode(),
+             "index.html": webpage.index_page(boards).encode()}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_whole(out_dir, files)
     for image in set(old_images) - set(images):

@@ -1,0 +1,299 @@
+"""The leaderboard as a web page: one self-contained HTML file per board, and an index of the
+boards in a folder. The page reads the same `Leaderboard` as the markdown and shows it as
+tables a reader sorts and filters, and interactive figures (regbench.charts); Jinja2 writes it
+from the templates in `regbench/templates`, with its script, its styles and plotly.js inside,
+so that it opens offline from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
+from plotly.offline import get_plotlyjs
+
+from regbench import charts
+from regbench.board import (
+    MISSING,
+    VANILLA,
+    Leaderboard,
+    metric_name,
+    runs_shown,
+    task_label,
+)
+from regbench.markdown import (
+    MARK,
+    _header,
+    _num,
+    _params,
+    _percent,
+    _rank_text,
+    _setting,
+)
+from regbench.stats import CONFIDENCE
+
+# The figures keep their toolbar (zoom, pan, download as PNG) but not the link to Plotly's site.
+_PLOT_CONFIG = {"responsive": True, "displaylogo": False}
+_environment = Environment(loader=PackageLoader("regbench", "templates"),
+                           autoescape=select_autoescape(["html", "j2"]),
+                           trim_blocks=True, lstrip_blocks=True)
+
+
+@dataclass
+class Column:
+    """A table column: its header, what it means, and for a row its sort key and its text."""
+
+    header: str
+    help: str
+    key: Callable[[Any], Any]
+    text: Callable[[Any], str] | None = None  # by default the sort key, as it is
+    numeric: bool = True
+
+
+@dataclass
+class Table:
+    """A table the page sorts by any column and filters by task, size and regularizer."""
+
+    id: str
+    columns: list[Column]
+    rows: list[Any]
+    filters: Callable[[Any], dict[str, Any]]  # a row's task, size and regularizer, where it has
+    classes: Callable[[Any], str] = lambda row: ""
+    caption: str = ""
+    body: list[dict] = field(init=False)
+
+    def __post_init__(self):
+        self.body = [{"filters": self.filters(row), "class": self.classes(row),
+                      "cells": [(column.text(row) if column.text else str(column.key(row)),
+                                 _sort_key(column.key(row))) for column in self.columns]}
+                     for row in self.rows]
+
+
+def _sort_key(value: Any) -> str:
+    """The cell's data-sort attribute: a number as written by repr, text as is; empty for none
+    (sorted last whichever the direction)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    return repr(float(value)) if isinstance(value, (int, float)) else str(value)
+
+
+def _figure(figure, name: str) -> Markup:
+    return Markup(figure.to_html(full_html=False, include_plotlyjs=False, config=_PLOT_CONFIG,
+                                 div_id=f"plot-{name}"))
+
+
+def _seeds_text(row) -> str:
+    text = f"{row.n_completed}/{row.n_planned}"
+    outright = [f"{count} {what}" for count, what in ((row.n_diverged, "diverged"),
+                                                      (row.n_crashed, "crashed")) if count]
+    return text + (f" ({', '.join(outright)})" if outright else "")
+
+
+def _cell_classes(row) -> str:
+    classes = []
+    if row.n_completed < row.n_planned:
+        classes.append("incomplete")
+    if row.n_diverged or row.n_crashed:
+        classes.append("broken")
+    if row.significant:
+        classes.append("significant")
+    return " ".join(classes)
+
+
+def overall_table(board: Leaderboard) -> Table:
+    columns = [
+        Column("rank", "The overall rank: the mean score rank over the cells every ranked "
+               "regularizer completed (1 is the best)", lambda r: r.rank,
+               lambda v: _rank_text(v.rank)),
+        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
+        Column("mean score rank", "Mean over the cells of the rank by mean test score",
+               lambda r: r.mean_rank_score, lambda v: _num(v.mean_rank_score, 2)),
+        Column("mean stability rank", "Mean over the cells of the rank by failure rate, then "
+               "by the spread of the runs that did not fail",
+               lambda r: r.mean_rank_stability, lambda v: _num(v.mean_rank_stability, 2)),
+        Column("failure rate", "Runs no better than the majority class, diverged or crashed",
+               lambda r: r.failure_rate, lambda v: _percent(v.failure_rate)),
+        Column(f"better / worse than {VANILLA} ({MARK})",
+               f"Cells where the difference to {VANILLA} is significant after Holm",
+               lambda r: r.better_than_vanilla - r.worse_than_vanilla,
+               lambda v: "–" if v.regularizer == VANILLA else
+               f"{v.better_than_vanilla} / {v.worse_than_vanilla}"),
+        Column(f"time × {VANILLA}", f"Wall time of a run over {VANILLA}'s in the same cell",
+               lambda r: r.time_vs_vanilla, lambda v: _num(v.time_vs_vanilla, 2)),
+        Column("seconds per run", "Mean wall time of a finished run",
+               lambda r: r.seconds, lambda v: _num(v.seconds, 1)),
+        Column("cells complete", "Cells with a result for every planned seed",
+               lambda r: r.cells_complete, lambda v: f"{v.cells_complete}/{v.cells}"),
+        Column("missing", "Seeds without a result", lambda r: r.missing, numeric=False),
+    ]
+    return Table("overall", columns, list(board.overall.itertuples()),
+                 lambda r: {"regularizer": r.regularizer},
+                 lambda r: "" if r.ranked else "unranked")
+
+
+def cells_table(board: Leaderboard) -> Table:
+    columns = [
+        Column("task", "", lambda r: task_label(r.task), numeric=False),
+        Column("N", "Training examples", lambda r: r.n_train),
+        Column("score rank", "Rank by mean test score within the cell (1 is the best)",
+               lambda r: r.rank_score, lambda v: _rank_text(v.rank_score)),
+        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
+        Column("mean", "Mean test score over the seeds with a result",
+               lambda r: r["mean"], lambda v: _num(v["mean"]) + (f" {MARK}"
+                                                                 if v.significant else "")),
+        Column("std", "Sample standard deviation over seeds", lambda r: r["std"],
+               lambda v: _num(v["std"])),
+        Column("worst", "The lowest seed", lambda r: r["min"], lambda v: _num(v["min"])),
+        Column("IQR", "Interquartile range", lambda r: r.iqr, lambda v: _num(v.iqr)),
+        Column(f"{CONFIDENCE:.0%} CI", "Student-t interval of the mean over seeds",
+               lambda r: r.ci_low, lambda v: f"[{_num(v.ci_low)}, {_num(v.ci_high)}]"),
+        Column("failed", "Runs no better than the majority class, diverged or crashed",
+               lambda r: r.failure_rate,
+               lambda v: f"{v.n_failures}/{v.n_completed}" if v.n_completed else "–"),
+        Column(f"Δ {VANILLA}", f"Mean paired difference to {VANILLA}",
+               lambda r: r.delta_vs_vanilla, lambda v: _num(v.delta_vs_vanilla, sign=True)),
+        Column("p (Holm)", f"Wilcoxon signed-rank test against {VANILLA}, Holm-corrected; "
+               f"{MARK} below its level", lambda r: r.p_holm, lambda v: _num(v.p_holm)),
+        Column("stability rank", "Rank by failure rate, then by the spread of the runs that "
+               "did not fail (1 is the steadiest)", lambda r: r.rank_stability,
+               lambda v: _rank_text(v.rank_stability)),
+        Column("seeds", "Runs with a result over planned runs", lambda r: r.n_completed,
+               _seeds_text),
+        Column("noise", "Mean noise sensitivity of the finished runs", lambda r: r.noise,
+               lambda v: _num(v.noise)),
+        Column(f"time × {VANILLA}", f"Wall time of a run over {VANILLA}'s",
+               lambda r: r.time_vs_vanilla, lambda v: _num(v.time_vs_vanilla, 2)),
+        Column("hyperparameters", "The tuned configuration", lambda r: _params(r.params),
+               lambda v: _params(v.params), numeric=False),
+    ]
+    return Table("cells", columns, [row for _, row in board.cells.iterrows()],
+                 lambda r: {"task": r.task, "size": r.n_train, "regularizer": r.regularizer},
+                 _cell_classes)
+
+
+def runs_table(board: Leaderboard) -> Table:
+    columns = [
+        Column("task", "", lambda r: task_label(r.task), numeric=False),
+        Column("N", "Training examples", lambda r: r.n_train),
+        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
+        Column("seed", "", lambda r: r.seed),
+        Column("outcome", "finished; failed: no better than the majority class; diverged; "
+               "crashed; missing: planned, no result", charts.outcome, numeric=False),
+        Column("score", "The test score, or the majority class's for a diverged or crashed run",
+               lambda r: r.score, lambda v: _num(v.score, 4)),
+        Column("noise", "Noise sensitivity", lambda r: r.noise, lambda v: _num(v.noise, 4)),
+        Column("seconds", "", lambda r: r.seconds, lambda v: _num(v.seconds, 1)),
+        Column("hyperparameters", "", lambda r: charts.params_text(r.params), numeric=False),
+        Column("error", "", lambda r: r.error if isinstance(r.error, str) else "",
+               lambda v: (v.error.strip().splitlines() or [""])[-1]
+               if isinstance(v.error, str) else "", numeric=False),
+    ]
+    return Table("runs", columns, list(board.runs.itertuples()),
+                 lambda r: {"task": r.task, "size": r.n_train, "regularizer": r.regularizer},
+                 lambda r: f"outcome-{charts.outcome(r)}")
+
+
+def _facts(board: Leaderboard) -> tuple[str, list[tuple[str, Markup]]]:
+    """The markdown header's opening sentence and its facts (machine, software, compute,
+    statistics), as the markdown states them."""
+    paragraphs = _header(board).split("\n\n")
+    facts = []
+    for line in paragraphs[-1].splitlines():
+        label, text = re.fullmatch(r"- \*\*(.+?)\*\*:? ?(.*)", line).groups()
+        facts.append((label, _inline(text)))
+    return _inline(paragraphs[1]), facts
+
+
+def _inline(text: str) -> Markup:
+    """Markdown's `code` and **bold** as HTML, the rest escaped."""
+    html = str(escape(text))
+    html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html)
+    return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", html))
+
+
+def _tasks(board: Leaderboard) -> list[dict]:
+    """Per task, its figures."""
+    tasks = []
+    for task in board.cells.task.unique():
+        drawn = {"seeds": charts.seeds(board, task), "sizes": charts.sizes(board, task),
+                 "noise": charts.noise(board, task)}
+        tasks.append({"task": task, "label": task_label(task), "metric": metric_name(task),
+                      "baseline": board.provenance["baselines"][task],
+                      "noise": board.provenance["noise_stability"].get(task),
+                      "figures": {kind: _figure(figure, f"{task}-{kind}")
+                                  for kind, figure in drawn.items() if figure is not None}})
+    return tasks
+
+
+def board_page(board: Leaderboard, name: str) -> str:
+    """The board's page; it links to `<name>.csv`, `.json` and `.md` beside it."""
+    sentence, facts = _facts(board)
+    cells = board.cells
+    problems = board.runs[board.runs.status != "finished"]
+    return _environment.get_template("board.html.j2").render(
+        title=f"Leaderboard: {board.meta.get('suite', name)}", name=name, board=board,
+        sentence=sentence, facts=facts, meta=[(k, _setting(v)) for k, v in board.meta.items()],
+        provenance=board.provenance, runs_shown=runs_shown(board.provenance),
+        status_counts=sorted(board.provenance["runs"].items()),
+        tasks=_tasks(board) if not cells.empty else [],
+        filters={"task": [(t, task_label(t)) for t in cells.task.unique()],
+                 "size": sorted(cells.n_train.unique().tolist()),
+                 "regularizer": list(board.overall.regularizer)},
+        colors=charts.palette(board) if not cells.empty else {},
+        overall=overall_table(board), cells=cells_table(board), runs=runs_table(board),
+        problems=len(problems[problems.status != MISSING]),
+        missing=int((board.runs.status == MISSING).sum()),
+        mark=MARK, plotly_js=Markup(get_plotlyjs()), style=_asset("page.css"),
+        script=_asset("page.js"))
+
+
+def _asset(name: str) -> Markup:
+    return Markup(_environment.loader.get_source(_environment, name)[0])
+
+
+def headline_of(document: dict) -> str:
+    """One line on what a published board (its JSON) holds, for the index."""
+    cells = pd.DataFrame(document.get("cells", []))
+    if cells.empty:
+        return "No final runs."
+    tasks = ", ".join(dict.fromkeys(task_label(t) for t in cells.task))
+    sizes = ", ".join(map(str, sorted(cells.n_train.unique())))
+    return (f"{cells.regularizer.nunique()} regularizers on {tasks} at N = {sizes}; "
+            f"{runs_shown(document['provenance'])} final runs")
+
+
+def index_page(documents: dict[str, dict]) -> str:
+    """The index of the boards published in a folder, from their JSON documents by name."""
+    boards = []
+    for name, document in sorted(documents.items()):
+        meta, provenance = document.get("meta", {}), document["provenance"]
+        boards.append({"name": name, "suite": meta.get("suite", name),
+                       "date": meta.get("date", provenance.get("generated")),
+                       "trained": [(provenance.get("first_run") or "")[:10],
+                                   (provenance.get("last_run") or "")[:10]],
+                       "model": meta.get("model"), "headline": headline_of(document),
+                       "page": document.get("page")})
+    return _environment.get_template("index.html.j2").render(boards=boards,
+                                                             style=_asset("page.css"))
+
+
+def published_documents(folder, documents: dict[str, dict]) -> dict[str, dict]:
+    """The boards' JSON documents in `folder` (those that read as boards), with `documents`
+    (the boards being written) in place of theirs."""
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and "provenance" in document and "cells" in document:
+            found[path.stem] = document
+    return {**found, **documents}
