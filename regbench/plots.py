@@ -1,5 +1,6 @@
-"""The leaderboard's figures: per task, the score against the training size, the seed scores of
-every regularizer at each size, and the score against the noise sensitivity of each run."""
+"""The leaderboard's figures: the forest plot of the primary comparisons; per task, the score
+against the training size (from three sizes up), the seed scores of every regularizer at each size,
+and the score against the noise sensitivity of each run."""
 
 from __future__ import annotations
 
@@ -23,16 +24,19 @@ MIN_SPAN = 0.05
 
 
 def figures(board: Leaderboard) -> dict[str, Figure]:
-    """`<task>-sizes` and `<task>-seeds` of every task with a scored run, and `<task>-noise` of
-    every task with runs measured for noise stability."""
+    """`forest` when the board has primary comparisons; `<task>-seeds` of every task with a scored
+    run, with `<task>-sizes` where it has three sizes or more (two are read off the seeds plot);
+    and `<task>-noise` of every task with runs measured for noise stability."""
     colors = _colors(board.overall.regularizer)
-    drawn = {}
+    drawn = {"forest": _forest(board)} if len(board.primary) else {}
     for task, cells in board.cells.groupby("task", sort=False):
         runs = board.runs[board.runs.task == task]
         if runs.score.isna().all():
             continue
         threshold = board.provenance["baselines"][task]
-        for kind, draw in (("sizes", _sizes), ("seeds", _seeds)):
+        kinds = {"sizes": _sizes, "seeds": _seeds} if cells.n_train.nunique() >= 3 else \
+            {"seeds": _seeds}
+        for kind, draw in kinds.items():
             figure = draw(cells, runs, threshold, colors)
             figure.suptitle(f"{task_label(task)}: test {metric_name(task)} of the final seeds")
             drawn[f"{task}-{kind}"] = figure
@@ -46,6 +50,39 @@ def png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def _forest(board: Leaderboard) -> Figure:
+    """The primary comparisons: per task, each regularizer's mean paired difference to vanilla
+    with its 95% interval, filled where it differs after Holm's correction."""
+    primary = board.primary
+    labels = dict(zip(board.tasks.task, board.tasks.label, strict=True))
+    panels = list(dict.fromkeys(primary.task))
+    heights = [primary.task.eq(task).sum() for task in panels]
+    figure = Figure(figsize=(7.0, 1.2 + 0.28 * sum(heights) + 0.5 * len(panels)))
+    axes = np.atleast_1d(figure.subplots(len(panels), 1, height_ratios=heights, sharex=True))
+    for ax, task in zip(axes, panels, strict=True):
+        mine = primary[primary.task == task].sort_values("delta")
+        y = np.arange(len(mine))
+        ax.errorbar(mine.delta, y, xerr=[mine.delta - mine.ci_low, mine.ci_high - mine.delta],
+                    fmt="none", ecolor="grey", elinewidth=1.2, capsize=2)
+        for significant, face in ((True, "black"), (False, "white")):
+            chosen = mine.significant.to_numpy() == significant
+            ax.scatter(mine.delta[chosen], y[chosen], marker="o", s=28, zorder=3,
+                       facecolors=face, edgecolors="black",
+                       label="differs after Holm" if significant else "does not")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, labels=[f"{r}  (p Holm {p:.3f})" if p >= 0.001 else
+                                 f"{r}  (p Holm < 0.001)"
+                                 for r, p in zip(mine.regularizer, mine.p_holm, strict=True)])
+        ax.set_title(f"{labels[task]}: {metric_name(task)}, {int(mine.n_pairs.max())} pairs",
+                     fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8, frameon=False)
+    axes[-1].set_xlabel(f"mean paired difference to {VANILLA} (95% Student-t interval)")
+    figure.suptitle("Primary comparisons against vanilla, sizes pooled, Holm-corrected")
+    figure.set_layout_engine("constrained")
+    return figure
 
 
 def _colors(regularizers: pd.Series) -> dict[str, tuple]:

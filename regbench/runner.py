@@ -219,6 +219,7 @@ class SuiteRunner:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         row = {"key": key, "suite": self.suite.name, "phase": phase, "trial": trial, **config,
+               "test_reference": data.reference,
                "provenance": {**provenance(str(self.device)),
                               "bf16": mixed_precision(self.suite.recipe.precision, self.device),
                               "distribution": distribution_of(cell.regularizer),
