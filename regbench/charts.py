@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from regbench.board import COMPLETED, MISSING, Leaderboard, metric_name, task_label
+from regbench.board import COMPLETED, MISSING, VANILLA, Leaderboard, metric_name, task_label
 from regbench.plots import MIN_SPAN, _colors
 from regbench.store import DIVERGED, FAILED, FINISHED
 
@@ -205,3 +205,39 @@ def noise(board: Leaderboard, task: str) -> go.Figure | None:
         title += (f"<br><sup>Spearman ρ = {found['spearman']:.2f} over {found['runs']} runs; "
                   f"markers: {sizes_text}</sup>")
     return _layout(figure, title, 600, legend_below=True)
+
+
+def forest(board: Leaderboard) -> go.Figure:
+    """The primary comparisons: per task, each regularizer's mean paired difference to vanilla
+    with its 95% interval, filled where it differs after Holm's correction; hover gives the
+    p-values and the pairs."""
+    primary = board.primary
+    colors = palette(board)
+    panels = list(dict.fromkeys(primary.task))
+    heights = [int(primary.task.eq(task).sum()) for task in panels]
+    figure = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, row_heights=heights,
+                           vertical_spacing=0.12 / len(panels))
+    for row, task in enumerate(panels, start=1):
+        mine = primary[primary.task == task].sort_values("delta")
+        for r in mine.itertuples():
+            color = colors.get(r.regularizer, "black")
+            figure.add_trace(go.Scatter(
+                x=[r.delta], y=[r.regularizer], mode="markers", name=r.regularizer,
+                legendgroup=r.regularizer, showlegend=False,
+                error_x={"type": "data", "symmetric": False, "array": [r.ci_high - r.delta],
+                         "arrayminus": [r.delta - r.ci_low], "color": color, "thickness": 1.5},
+                marker={"size": 11, "color": color if r.significant else "white",
+                        "line": {"color": color, "width": 2}},
+                hovertemplate=(
+                    f"<b>{r.regularizer}</b> − {VANILLA} on {task_label(task)}<br>"
+                    f"mean Δ {r.delta:+.4f}, 95% CI [{r.ci_low:+.4f}, {r.ci_high:+.4f}]<br>"
+                    f"p = {r.p_value:.4g}, Holm-adjusted {r.p_holm:.4g}"
+                    f"{' (differs)' if r.significant else ''}<br>"
+                    f"{r.n_pairs} pairs, N = {', '.join(map(str, r.sizes))}<extra></extra>")),
+                row=row, col=1)
+        figure.add_vline(0, line={"color": "black", "width": 1}, row=row, col=1)
+        figure.update_yaxes(title_text=task_label(task), automargin=True, row=row, col=1)
+    figure.update_xaxes(title_text=f"mean paired difference to {VANILLA} (95% interval); "
+                                   "filled: differs after Holm", row=len(panels), col=1)
+    title = "Primary comparisons against vanilla, sizes pooled, Holm-corrected"
+    return _layout(figure, title, 140 + 30 * sum(heights) + 40 * len(panels))

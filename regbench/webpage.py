@@ -29,14 +29,16 @@ from regbench.board import (
 )
 from regbench.markdown import (
     MARK,
+    TIED,
     _header,
     _num,
+    _p,
     _params,
     _percent,
     _rank_text,
     _setting,
 )
-from regbench.stats import CONFIDENCE
+from regbench.stats import CONFIDENCE, INTERVAL
 
 # The figures keep their toolbar (zoom, pan, download as PNG) but not the link to Plotly's site.
 _PLOT_CONFIG = {"responsive": True, "displaylogo": False}
@@ -103,8 +105,8 @@ def _cell_classes(row) -> str:
         classes.append("incomplete")
     if row.n_diverged or row.n_crashed:
         classes.append("broken")
-    if row.significant:
-        classes.append("significant")
+    if row.learns is False:
+        classes.append("not-learning")
     return " ".join(classes)
 
 
@@ -122,7 +124,7 @@ def overall_table(board: Leaderboard) -> Table:
         Column("failure rate", "Runs no better than the majority class, diverged or crashed",
                lambda r: r.failure_rate, lambda v: _percent(v.failure_rate)),
         Column(f"better / worse than {VANILLA} ({MARK})",
-               f"Cells where the difference to {VANILLA} is significant after Holm",
+               f"Primary comparisons that differ from {VANILLA} after Holm's correction",
                lambda r: r.better_than_vanilla - r.worse_than_vanilla,
                lambda v: "–" if v.regularizer == VANILLA else
                f"{v.better_than_vanilla} / {v.worse_than_vanilla}"),
@@ -139,32 +141,55 @@ def overall_table(board: Leaderboard) -> Table:
                  lambda r: "" if r.ranked else "unranked")
 
 
+def _p_is(p: float) -> str:
+    """"p = 0.012", or "p < 0.001"."""
+    text = _p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+def _learns(row) -> str:
+    if pd.isna(row.learns):
+        return "–"
+    return f"{'yes' if row.learns else 'no'} ({_p_is(row.gate_p)})"
+
+
 def cells_table(board: Leaderboard) -> Table:
     columns = [
+        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
         Column("task", "", lambda r: task_label(r.task), numeric=False),
         Column("N", "Training examples", lambda r: r.n_train),
+        Column("learns", f"Whether {VANILLA}'s runs beat the constant predictor over their "
+               "seeds (one-sided p); a cell that does not is left out of the overall rank and "
+               "of the primary comparisons", lambda r: r.gate_p, _learns),
         Column("score rank", "Rank by mean test score within the cell (1 is the best)",
                lambda r: r.rank_score, lambda v: _rank_text(v.rank_score)),
-        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
-        Column("mean", "Mean test score over the seeds with a result",
-               lambda r: r["mean"], lambda v: _num(v["mean"]) + (f" {MARK}"
-                                                                 if v.significant else "")),
+        Column("mean", "Mean test score (the task's primary metric) over the seeds with a "
+               "result", lambda r: r["mean"], lambda v: _num(v["mean"])),
         Column("std", "Sample standard deviation over seeds", lambda r: r["std"],
                lambda v: _num(v["std"])),
+        Column("accuracy", "Mean test accuracy of the finished runs (classification), which "
+               "decides failures", lambda r: r.accuracy, lambda v: _num(v.accuracy)),
         Column("worst", "The lowest seed", lambda r: r["min"], lambda v: _num(v["min"])),
         Column("IQR", "Interquartile range", lambda r: r.iqr, lambda v: _num(v.iqr)),
-        Column(f"{CONFIDENCE:.0%} CI", "Student-t interval of the mean over seeds",
+        Column(f"{CONFIDENCE:.0%} CI", f"{INTERVAL} over seeds",
                lambda r: r.ci_low, lambda v: f"[{_num(v.ci_low)}, {_num(v.ci_high)}]"),
-        Column("failed", "Runs no better than the majority class, diverged or crashed",
+        Column("failed", "Runs no better than the constant predictor, diverged or crashed",
                lambda r: r.failure_rate,
                lambda v: f"{v.n_failures}/{v.n_completed}" if v.n_completed else "–"),
-        Column(f"Δ {VANILLA}", f"Mean paired difference to {VANILLA}",
+        Column(f"Δ {VANILLA}", f"Mean paired difference to {VANILLA} in this cell",
                lambda r: r.delta_vs_vanilla, lambda v: _num(v.delta_vs_vanilla, sign=True)),
-        Column("p (Holm)", f"Wilcoxon signed-rank test against {VANILLA}, Holm-corrected; "
-               f"{MARK} below its level", lambda r: r.p_holm, lambda v: _num(v.p_holm)),
+        Column("p (exploratory)", f"Wilcoxon signed-rank test against {VANILLA} in this cell, "
+               "uncorrected: only the headline's primary comparisons are evidence",
+               lambda r: r.p_value, lambda v: _p(v.p_value)),
         Column("stability rank", "Rank by failure rate, then by the spread of the runs that "
-               "did not fail (1 is the steadiest)", lambda r: r.rank_stability,
-               lambda v: _rank_text(v.rank_stability)),
+               f"did not fail (1 is the steadiest); {TIED}: cannot be told apart from the "
+               "steadiest", lambda r: r.rank_stability,
+               lambda v: _rank_text(v.rank_stability)
+               + (f" {TIED}" if v.stability_apart is False else "")),
+        Column("spread [95% CI]", "Standard deviation of the runs that did not fail, with its "
+               "chi-square interval", lambda r: r.std_not_failed,
+               lambda v: f"{_num(v.std_not_failed)} [{_num(v.spread_low)}, "
+                         f"{_num(v.spread_high)}]"),
         Column("seeds", "Runs with a result over planned runs", lambda r: r.n_completed,
                _seeds_text),
         Column("noise", "Mean noise sensitivity of the finished runs", lambda r: r.noise,
@@ -219,6 +244,33 @@ def _inline(text: str) -> Markup:
     return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", html))
 
 
+def headline(board: Leaderboard) -> list[dict]:
+    """Per task, what its primary comparisons found, and what they could have found: the
+    regularizers that differ from vanilla after Holm, the others' count, the smallest p-value
+    its pairs allow and the smallest difference its spread would make significant at Holm's
+    first threshold; or that it does not learn at this budget."""
+    alpha, m = board.provenance["methods"]["alpha"], len(board.primary)
+    found = []
+    for task in board.tasks.itertuples():
+        mine = board.primary[board.primary.task == task.task]
+        differ = mine[mine.significant].sort_values("delta", ascending=False)
+        found.append({
+            "task": task.task, "label": task.label, "metric": task.metric,
+            "not_learning": task.not_learning,
+            "learns_nowhere": len(task.not_learning) == len(task.sizes),
+            "gate": [(n, _p_is(task.gate_p[n])) for n in task.sizes],
+            "comparisons": len(mine), "pairs": task.pairs,
+            "sizes": ", ".join(map(str, mine.sizes.iloc[0])) if len(mine) else "",
+            "differ": [{"regularizer": d.regularizer, "delta": _num(d.delta, sign=True),
+                        "ci": f"[{_num(d.ci_low, sign=True)}, {_num(d.ci_high, sign=True)}]",
+                        "p": _p(d.p_value), "p_holm": _p(d.p_holm)}
+                       for d in differ.itertuples()],
+            "smallest_p": _p(task.smallest_p), "threshold": f"{alpha} / {m}",
+            "powerless": task.smallest_p >= alpha / m if m else True,
+            "spread": _num(task.spread), "detectable": _num(task.detectable)})
+    return found
+
+
 def _tasks(board: Leaderboard) -> list[dict]:
     """Per task, its figures."""
     tasks = []
@@ -237,13 +289,17 @@ def board_page(board: Leaderboard, name: str) -> str:
     """The board's page; it links to `<name>.csv`, `.json` and `.md` beside it."""
     sentence, facts = _facts(board)
     cells = board.cells
+    verdicts = headline(board)
     problems = board.runs[board.runs.status != "finished"]
     return _environment.get_template("board.html.j2").render(
         title=f"Leaderboard: {board.meta.get('suite', name)}", name=name, board=board,
         sentence=sentence, facts=facts, meta=[(k, _setting(v)) for k, v in board.meta.items()],
         provenance=board.provenance, runs_shown=runs_shown(board.provenance),
         status_counts=sorted(board.provenance["runs"].items()),
-        tasks=_tasks(board) if not cells.empty else [],
+        tasks=_tasks(board) if not cells.empty else [], headline=verdicts,
+        gated=[(t["label"], ", ".join(map(str, t["not_learning"]))) for t in verdicts
+               if t["not_learning"]],
+        forest=_figure(charts.forest(board), "forest") if len(board.primary) else None,
         filters={"task": [(t, task_label(t)) for t in cells.task.unique()],
                  "size": sorted(cells.n_train.unique().tolist()),
                  "regularizer": list(board.overall.regularizer)},
