@@ -107,7 +107,7 @@ def seeds(board: Leaderboard, task: str) -> go.Figure:
     colors = palette(board)
     order = [r for r in board.overall.regularizer if r in set(cells.regularizer)]
     sizes = sorted(cells.n_train.unique())
-    figure = make_subplots(rows=len(sizes), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+    figure = make_subplots(rows=len(sizes), cols=1, vertical_spacing=0.08,
                            subplot_titles=[f"N = {n}" for n in sizes])
     shown = set()
     for row, n in enumerate(sizes, start=1):
@@ -139,8 +139,7 @@ def seeds(board: Leaderboard, task: str) -> go.Figure:
             labels.append(regularizer + (f"<br>{len(mine) - missing}/{len(mine)} seeds"
                                          if missing else ""))
         figure.update_xaxes(tickvals=list(range(len(order))), ticktext=labels, tickangle=-45,
-                            range=[-0.6, len(order) - 0.4], row=row, col=1,
-                            showticklabels=True)
+                            range=[-0.6, len(order) - 0.4], row=row, col=1)
         span = _floor_span(runs.score, board.provenance["baselines"][task])
         figure.update_yaxes(title_text="test score", range=span, row=row, col=1)
     _status_legend(figure, shown)

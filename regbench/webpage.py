@@ -161,6 +161,9 @@ def cells_table(board: Leaderboard) -> Table:
         Column("learns", f"Whether {VANILLA}'s runs beat the constant predictor over their "
                "seeds (one-sided p); a cell that does not is left out of the overall rank and "
                "of the primary comparisons", lambda r: r.gate_p, _learns),
+        Column("overall", "Whether the cell counts in the overall rank: it learns, and every "
+               "ranked regularizer completed it", lambda r: r.in_overall,
+               lambda v: "yes" if v.in_overall else "no"),
         Column("score rank", "Rank by mean test score within the cell (1 is the best)",
                lambda r: r.rank_score, lambda v: _rank_text(v.rank_score)),
         Column("mean", "Mean test score (the task's primary metric) over the seeds with a "
