@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -18,16 +19,27 @@ from scipy import stats
 from regbench import leaderboard
 from regbench.board import _wall_seconds, build
 from regbench.errors import RegbenchError
-from regbench.leaderboard import publish
+from regbench.leaderboard import add_test_references, publish
 from regbench.markdown import render
 from regbench.plots import MIN_SPAN, figures
 from regbench.stats import (
+    ENUMERATED,
     EXACT,
+    FLIPS,
+    MONTE_CARLO,
     NORMAL,
     PERMUTATION,
+    above,
+    counts_differ,
+    critical_correlation,
+    detectable_difference,
     holm,
     rank,
+    sd_interval,
+    sign_flip,
+    smallest_sign_flip_p,
     smallest_wilcoxon_p,
+    spreads_differ,
     t_interval,
     wilcoxon,
 )
@@ -236,6 +248,82 @@ def test_rank_orders_by_each_column_in_turn_with_ties_averaged():
     assert list(rank(frame, ["std", "failure_rate"], [True, True])) == [2.5, 4, 1, 5, 2.5]
 
 
+@pytest.mark.parametrize("n", [1, 4, 7, 10])
+def test_sign_flip_matches_brute_enumeration(n):
+    rng = np.random.default_rng(n)
+    for d in (rng.normal(0.02, 0.05, n), np.round(rng.normal(0, 0.03, n), 2)):  # ties, zeros
+        patterns = np.array(list(itertools.product((1, -1), repeat=n)))
+        sums = patterns @ d
+        two_sided = np.mean(np.abs(sums) >= abs(d.sum()) - 1e-12)
+        greater = np.mean(sums >= d.sum() - 1e-12)
+        assert sign_flip(d) == pytest.approx((two_sided, ENUMERATED))
+        assert sign_flip(d, "greater").p_value == pytest.approx(greater)
+    assert smallest_sign_flip_p(n) == pytest.approx(min(1, 2 / 2**n))
+    assert sign_flip(np.full(n, 0.1)).p_value == pytest.approx(smallest_sign_flip_p(n))
+    assert math.isnan(sign_flip([]).p_value)
+
+
+def test_sign_flip_beyond_enumeration_is_a_seeded_monte_carlo_of_the_exact_p():
+    # Thirty integer differences: the exact null distribution of the signed sum, by convolving
+    # each difference's two signs in turn, counted over all 2^30 patterns.
+    d = np.array([3, -1, 4, 1, -5, 9, 2, 6, -5, 3, 5, 8, -9, 7, 9, 3, 2, -3, 8, 4, 6, 2, -6, 4,
+                  3, 3, 8, 3, -2, 7])
+    total = int(np.abs(d).sum())
+    counts = np.zeros(2 * total + 1)
+    counts[total] = 1
+    for x in np.abs(d):
+        counts = np.roll(counts, x) + np.roll(counts, -x)
+    sums = np.arange(-total, total + 1)
+    exact = counts[np.abs(sums) >= abs(d.sum())].sum() / 2**30
+    found = sign_flip(d / 100)
+    assert found.method == MONTE_CARLO and found == sign_flip(d / 100)  # seeded
+    assert abs(found.p_value - exact) < 4 * math.sqrt(exact * (1 - exact) / FLIPS)
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_sd_interval_holds_its_coverage(n):
+    """4000 simulated cells of n normal scores: the 95% interval of the standard deviation must
+    cover the true one 93-97% of the time."""
+    rng = np.random.default_rng(n)
+    intervals = np.array([sd_interval(x) for x in rng.normal(0.6, 0.04, (4000, n))])
+    assert 0.93 <= np.mean((intervals[:, 0] <= 0.04) & (0.04 <= intervals[:, 1])) <= 0.97
+    assert all(math.isnan(v) for v in sd_interval([0.5]))
+
+
+def test_the_failure_tests_match_known_values():
+    # Pearson's r that 750 pairs need, one-sided at 5%: for data built to have exactly that
+    # sample correlation, SciPy's own test gives p = 0.05.
+    r = critical_correlation(750)
+    rng = np.random.default_rng(0)
+    x, z = rng.normal(size=(2, 750))
+    x, z = (x - x.mean()) / x.std(), z - z.mean()
+    z = z - (z @ x) / (x @ x) * x
+    y = r * x + math.sqrt(1 - r * r) * z / z.std()
+    assert stats.pearsonr(x, y, alternative="greater").pvalue == pytest.approx(0.05)
+    assert 0.060 < r < 0.061
+    # Fisher: none of five failed against all five, 2 of the C(10, 5) = 252 tables as extreme.
+    assert counts_differ(0, 5, 5, 5) == pytest.approx(2 / 252)
+    assert counts_differ(1, 5, 0, 5) == 1.0
+    # F(4, 4) at 0.975 is 9.6045 (tables): a variance ratio there is p = 0.05, two-sided.
+    assert spreads_differ(np.array([-1, 0, 0, 0, 1]) * math.sqrt(9.6045), [-1, 0, 0, 0, 1]) == \
+        pytest.approx(0.05, abs=1e-4)
+    assert math.isnan(spreads_differ([0.5, 0.5], [0.1, 0.2]))
+
+
+def test_the_gate_and_the_detectable_difference_against_scipy():
+    excess = np.array([0.03, -0.01, 0.02, 0.04, 0.00])
+    assert above(excess) == pytest.approx(stats.ttest_1samp(excess, 0,
+                                                            alternative="greater").pvalue)
+    assert above([0.0, 0.0, 0.0]) == 1.0 and above([0.02, 0.02]) == 0.0
+    assert math.isnan(above([0.3]))
+    # Differences whose mean is the detectable difference are exactly at the level: a paired
+    # t-test of them gives p = level.
+    d = np.array([-1.0, 0.0, 1.0, 2.0, -2.0, 0.5, -0.5, 1.5, -1.5, 0.0])
+    level = 0.05 / 13
+    shift = detectable_difference(10, d.std(ddof=1), level)
+    assert stats.ttest_1samp(d + shift, 0).pvalue == pytest.approx(level)
+
+
 # The leaderboard's numbers --------------------------------------------------------------------
 
 def test_cell_statistics_match_numpy(published):
@@ -388,6 +476,66 @@ def test_crashed_and_diverged_runs_are_failures_scored_at_the_baseline(tmp_path,
     problems = section(markdown, "### Diverged and crashed runs (failures, scored at the "
                                  "majority class)")
     assert row_of(problems, "shaky")[3:] == ["3", what, "loss became nan"]
+
+
+def test_a_classification_run_fails_at_the_majority_class_accuracy_whatever_its_mcc(tmp_path):
+    # CoLA's majority class scores 0.69 accuracy (REFERENCES): an MCC above 0 at or below that
+    # accuracy fails, an MCC of 0 above it does not.
+    tests = {"vanilla": [(0.10, 0.75), (0.12, 0.76), (0.08, 0.74), (0.11, 0.75), (0.09, 0.74)],
+             "skewed": [(0.05, 0.69), (0.06, 0.68), (0.00, 0.70), (0.07, 0.60), (0.02, 0.691)]}
+    rows = [run(reg, "cola", 100, seed, mcc, test={"mcc": mcc, "accuracy": accuracy})
+            for reg, seeds in tests.items() for seed, (mcc, accuracy) in enumerate(seeds)]
+    board = build(frame_of(rows, tmp_path), None, META)
+    failed = board.runs.set_index(["regularizer", "seed"]).failure
+    assert [failed[("skewed", seed)] for seed in range(5)] == [1, 1, 0, 1, 0]
+    assert not failed["vanilla"].any()
+    skewed = cell(board, "cola", 100, "skewed")
+    assert skewed.accuracy == pytest.approx(np.mean([a for _, a in tests["skewed"]]))
+    # 3 of 5 failed against none: Fisher's p = 0.17, no telling apart at five seeds.
+    assert skewed.stability_apart is False
+    markdown = render(board, [])
+    assert row_of(section(markdown, "#### N = 100"), "skewed")[3] == f"{skewed.accuracy:.3f}"
+    assert "CoLA: test accuracy at or below the majority class's, 0.690 (361 of 522)" in markdown
+
+
+def test_a_regression_run_fails_when_its_correlation_is_not_significant(tmp_path):
+    # 750 test pairs: Pearson's r must exceed 0.0601 (one-sided 5%), whatever the Spearman
+    # correlation in the score; constant predictions score r = 0.
+    pearson = {"vanilla": [0.30, 0.35, 0.28, 0.33, 0.31],
+               "marginal": [0.0601, 0.0602, 0.05, 0.0, 0.20]}
+    rows = [run(reg, "stsb", 64, seed, r + 0.1,
+                test={"pearson_spearman": r + 0.1, "pearson": r, "spearman": r + 0.2})
+            for reg, seeds in pearson.items() for seed, r in enumerate(seeds)]
+    rows += [run("collapsed", "stsb", 64, seed, 0.0, test={
+        "pearson_spearman": 0.0, "pearson": 0.0, "spearman": 0.0}) for seed in range(5)]
+    board = build(frame_of(rows, tmp_path), None, META)
+    failed = board.runs.set_index(["regularizer", "seed"]).failure
+    assert [failed[("marginal", seed)] for seed in range(5)] == [1, 0, 1, 1, 0]
+    assert failed["collapsed"].all() and not failed["vanilla"].any()
+    # The collapsed runs fail all five seeds, vanilla none: Fisher's p = 2/252, told apart.
+    assert cell(board, "stsb", 64, "collapsed").stability_apart is True
+    assert board.tasks.iloc[0].failure_line == pytest.approx(critical_correlation(750))
+
+
+def test_a_cell_that_does_not_learn_is_shown_but_left_out_of_rank_and_comparisons(tmp_path):
+    # CoLA: vanilla at the majority class on every seed but one; RTE learns.
+    scores = {("rte", 100): {"vanilla": STEADY, "l2sp": [0.63, 0.66, 0.61, 0.65, 0.62]},
+              ("cola", 100): {"vanilla": [0.0, 0.0, 0.0, 0.0, 0.05],
+                              "l2sp": [0.20, 0.25, 0.22, 0.18, 0.24]}}
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
+    # CoLA vanilla's excess accuracy: 0, 0, 0, 0, 0.05: one-sided t-test p = 0.187.
+    cola, rte = cell(board, "cola", 100, "l2sp"), cell(board, "rte", 100, "l2sp")
+    assert cola.gate_p == pytest.approx(stats.ttest_1samp([0, 0, 0, 0, 0.05], 0,
+                                                          alternative="greater").pvalue)
+    assert cola.learns is False and rte.learns is True
+    assert not cola.in_overall and rte.in_overall
+    assert set(board.overall.cells_ranked) == {1}
+    assert list(board.primary.task) == ["rte"]
+    assert board.tasks.set_index("task").not_learning.to_dict() == {"rte": [], "cola": [100]}
+    markdown = render(board, [])
+    assert "**Does not learn at this budget: CoLA N = 100.**" in section(markdown, "## Headline")
+    assert "#### N = 100 — does not learn at this budget (p = 0.187)" in markdown
+    assert "(not learning: CoLA N=100)" in section(markdown, "## Overall")
 
 
 HARD_AND_EASY = {("rte", 100): {"vanilla": STEADY, "steady": [0.61, 0.63, 0.59, 0.65, 0.62],
@@ -637,22 +785,43 @@ def test_an_interrupted_publish_leaves_the_old_board_whole(tmp_path, monkeypatch
     assert _files(out) == before  # and no temporary file is left behind
 
 
-def test_publishing_loads_no_deep_learning_stack(tmp_path, glue_dir):
-    """What `regbench leaderboard` does once its suite is read, in a fresh interpreter."""
+def test_publishing_reads_the_store_alone_and_loads_no_deep_learning_stack(tmp_path):
+    """What `regbench leaderboard` does once its suite is read, in a fresh interpreter, with no
+    GLUE data and no hub to reach."""
     frame_of(handmade_rows(), tmp_path)
     script = f"""
 import sys
-from regbench.leaderboard import baselines_of, publish
+from regbench.leaderboard import add_test_references, publish
 from regbench.store import Store
 
 frame = Store("sqlite:///{tmp_path / 'runs.db'}").frame("handmade")
-baselines = baselines_of(["rte", "cola"], {str(glue_dir)!r})
-publish(frame, None, {str(tmp_path / 'out')!r}, "board", {{}}, baselines)
+frame, computed = add_test_references(frame, ["rte", "cola"], "/nonexistent")
+assert not computed
+publish(frame, None, {str(tmp_path / 'out')!r}, "board", {{}})
 loaded = [name for name in ("torch", "transformers") if name in sys.modules]
 assert not loaded, loaded
 """
-    subprocess.run([sys.executable, "-c", script], check=True)
+    subprocess.run([sys.executable, "-c", script], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "REGBENCH_GLUE_DIR": "/nonexistent"})
     assert (tmp_path / "out" / "board.md").is_file()
+
+
+def test_an_older_store_gets_its_test_references_from_the_data_once(tmp_path, glue_dir):
+    # Runs stored before the column existed: no test reference.
+    rows = [{k: v for k, v in row.items() if k != "test_reference"} for row in handmade_rows()]
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    frame = frame_of(rows, tmp_path)
+    assert frame.test_reference.isna().all()
+    with pytest.raises(RegbenchError, match=r"The runs of cola, rte were stored without their "
+                                            r"test half's reference .*No GLUE data"):
+        add_test_references(frame, ["rte", "cola"], str(tmp_path / "no-glue"))
+    filled, computed = add_test_references(frame, ["rte", "cola"], str(glue_dir))
+    assert set(computed) == {"rte", "cola"} and filled.test_reference.notna().all()
+    Store(url).set_test_references(computed)
+    stored = Store(url, create=False).frame("handmade")
+    assert stored.test_reference.map(json.dumps).tolist() == filled.test_reference.map(
+        json.dumps).tolist()
+    assert add_test_references(stored, ["rte", "cola"], str(tmp_path / "no-glue"))[1] == {}
 
 
 @pytest.mark.parametrize("module", ["regbench.leaderboard", "regbench.plots",
@@ -662,12 +831,21 @@ def test_the_publishing_modules_import_no_deep_learning_stack(module):
                     "'transformers') if m in sys.modules]; assert not loaded, loaded"], check=True)
 
 
-def test_baselines_are_the_majority_class_on_the_test_half(glue_dir):
+def test_test_references_are_the_constant_predictor_on_the_test_half(glue_dir):
     # RTE: the training set's majority is entailment (1249 of 2490); the dev set holds 146
-    # entailment of 277, and its stratified test half of 139 keeps the proportion, 73.
-    baselines = leaderboard.baselines_of(["rte", "cola", "stsb"], str(glue_dir))
-    assert baselines["rte"] == pytest.approx(73 / 139)
-    assert baselines["cola"] == 0.0 and baselines["stsb"] == 0.1
+    # entailment of 277, and its stratified test half of 139 keeps the proportion, 73. CoLA's
+    # is acceptable: 361 of its 522. STS-B's 1500 dev pairs halve to 750.
+    references = leaderboard.references_of(["rte", "cola", "stsb"], str(glue_dir))
+    rte, cola, stsb = (references[task] for task in ("rte", "cola", "stsb"))
+    assert (rte["test_size"], rte["label_counts"], rte["constant_prediction"]) == (
+        139, [73, 66], 0)
+    assert rte["constant_scores"] == {"accuracy": pytest.approx(73 / 139)}
+    assert (cola["test_size"], cola["label_counts"][1], cola["constant_prediction"]) == (
+        522, 361, 1)
+    assert cola["constant_scores"] == {"mcc": 0.0, "accuracy": pytest.approx(361 / 522)}
+    assert stsb["test_size"] == 750 and stsb["label_counts"] is None
+    assert stsb["constant_scores"] == {"pearson_spearman": 0.0, "pearson": 0.0,
+                                       "spearman": 0.0}
 
 
 # Partial and degenerate results ---------------------------------------------------------------
