@@ -150,15 +150,15 @@ def _final_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return kept, len(final) - len(kept)
 
 
-def _references(final: pd.DataFrame, expected: pd.DataFrame | None) -> dict[str, dict]:
-    """Each task's test reference, the one most of its runs were stored with; an error naming
-    the tasks that have none (runs of a store older than the `test_reference` column)."""
-    tasks = set(final.task) | (set(expected.task) if expected is not None else set())
-    found = {}
+def _references(final: pd.DataFrame, expected: pd.DataFrame | None) -> dict[str, dict | None]:
+    """Each task's test reference, the one most of its runs were stored with (None for a task
+    planned but without a stored run); an error naming the tasks whose runs have none (runs of a
+    store older than the `test_reference` column)."""
+    found: dict[str, dict | None] = dict.fromkeys(expected.task if expected is not None else [])
     for task, group in final.dropna(subset=["test_reference"]).groupby("task"):
         found[task] = json.loads(Counter(json.dumps(r, sort_keys=True)
                                          for r in group.test_reference).most_common(1)[0][0])
-    lacking = sorted(tasks - set(found))
+    lacking = sorted(set(final.task) - {task for task, r in found.items() if r})
     if lacking:
         raise RegbenchError(f"No test reference stored for task(s) {', '.join(lacking)}: runs "
                             "stored before regbench kept one cannot be judged; publish them "
@@ -167,10 +167,12 @@ def _references(final: pd.DataFrame, expected: pd.DataFrame | None) -> dict[str,
     return found
 
 
-def failure_line(task: str, reference: dict) -> float:
+def failure_line(task: str, reference: dict | None) -> float:
     """What a run must beat not to fail (protocol.md): a classification run's test accuracy the
     majority-class predictor's; a regression run's Pearson correlation the one significantly
-    above 0 at the test half's size (one-sided, ALPHA)."""
+    above 0 at the test half's size (one-sided, ALPHA). NaN without a reference."""
+    if reference is None:
+        return np.nan
     if TASKS[task].is_regression:
         return critical_correlation(reference["test_size"], ALPHA)
     return reference["constant_scores"]["accuracy"]
@@ -198,7 +200,7 @@ def _planned_runs(final: pd.DataFrame, expected: pd.DataFrame | None,
     runs["status"] = runs.status.fillna(MISSING)
     reference = runs.test_reference.where(runs.test_reference.notna(), runs.task.map(references))
     regression = runs.task.map(lambda task: TASKS[task].is_regression).astype(bool)
-    constant = pd.Series([r["constant_scores"][TASKS[t].metric]
+    constant = pd.Series([r["constant_scores"][TASKS[t].metric] if r else np.nan
                           for t, r in zip(runs.task, reference, strict=True)], index=runs.index,
                          dtype=float)
     line = pd.Series([failure_line(t, r) for t, r in zip(runs.task, reference, strict=True)],
@@ -214,7 +216,8 @@ def _planned_runs(final: pd.DataFrame, expected: pd.DataFrame | None,
     # Rounded: an accuracy equal to the majority's on paper may differ in the last bits.
     runs["failure"] = (~finished | (judged.round(12) <= line.round(12))).astype(float).where(
         completed)
-    majority = pd.Series([r["constant_scores"].get("accuracy", np.nan) for r in reference],
+    majority = pd.Series([r["constant_scores"].get("accuracy", np.nan) if r else np.nan
+                          for r in reference],
                          index=runs.index, dtype=float)
     runs["excess"] = (runs.score - constant).where(regression, runs.accuracy - majority)
     runs["excess"] = runs.excess.where(finished, 0.0).where(completed)
@@ -389,7 +392,8 @@ def _tasks(cells: pd.DataFrame, primary: pd.DataFrame,
             "regression": TASKS[task].is_regression, "reference": references[task],
             "failure_line": failure_line(task, references[task]),
             # The failure line on the primary metric's scale, as the plots draw it.
-            "baseline": (failure_line(task, references[task]) if TASKS[task].is_regression else
+            "baseline": (failure_line(task, references[task])
+                         if TASKS[task].is_regression or not references[task] else
                          references[task]["constant_scores"][TASKS[task].metric]),
             "sizes": [int(n) for n in sizes.n_train],
             "not_learning": [int(n) for n in sizes.n_train[sizes.learns.eq(False)]],

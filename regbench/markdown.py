@@ -252,7 +252,7 @@ def _overall_md(board: Leaderboard) -> str:
             f"average place), over {scope}. The stability rank is aggregated the same way; the "
             "failure rate is over the same cells. Better / worse counts the primary comparisons "
             f"that differ from {VANILLA} ({MARK}, see the headline); adjacent ranks without "
-            "them are no evidence of a difference.",
+            f"them are no evidence of a difference. {_stability_ties(board)}",
             _table(rows, ["rank", "regularizer", "mean score rank", "mean stability rank",
                           "failure rate", f"better / worse than {VANILLA} ({MARK})",
                           f"time × {VANILLA}"])]
@@ -272,6 +272,20 @@ def _overall_md(board: Leaderboard) -> str:
     return "\n\n".join(parts)
 
 
+def _tied(apart: Any) -> bool:
+    """Whether a cell's `stability_apart` says its rank cannot be told from the steadiest."""
+    return not pd.isna(apart) and not apart
+
+
+def _stability_ties(board: Leaderboard) -> str:
+    """How many stability ranks of the ranked cells cannot be told apart from the steadiest."""
+    inside = board.cells[board.cells.in_overall & board.cells.stability_apart.notna()]
+    tied = int(inside.stability_apart.map(_tied).sum())
+    return (f"Within the ranked cells, {tied} of the {len(inside)} stability ranks below the "
+            f"steadiest cannot be told apart from it ({TIED} in the tables), so mean stability "
+            "ranks that differ little mean little." if len(inside) else "")
+
+
 def _reading_md(board: Leaderboard) -> str:
     cells, methods = board.cells, board.provenance["methods"]
     rules = "; ".join(
@@ -281,7 +295,7 @@ def _reading_md(board: Leaderboard) -> str:
         f"{r.label}: test accuracy at or below the majority class's, {_num(r.failure_line)} "
         f"({r.reference['label_counts'][r.reference['constant_prediction']]} of "
         f"{r.reference['test_size']})"
-        for r in board.tasks.itertuples())
+        for r in board.tasks.itertuples() if r.reference)
     m = int(cells.p_value.notna().sum())
     lines = [
         "## How to read the tables", "",
@@ -340,7 +354,7 @@ def _cells_md(board: Leaderboard) -> str:
                      f"{r.n_failures}/{r.n_completed}" if r.n_completed else "–",
                      _num(r.delta_vs_vanilla, 3, sign=True), _p(r.p_value),
                      _rank_text(r.rank_stability)
-                     + (f" {TIED}" if r.stability_apart is False else ""),
+                     + (f" {TIED}" if _tied(r.stability_apart) else ""),
                      f"{_num(r.std_not_failed)} [{_num(r.spread_low)}, {_num(r.spread_high)}]",
                      _seeds(r), _num(r.noise), _params(r.params)]
                     for _, r in cell.iterrows()]

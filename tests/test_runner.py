@@ -50,6 +50,10 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path, caplog):
     assert {"regbench", "torch", "transformers", "git_commit", "device"} <= set(row.provenance)
     # On the CPU there is no per-run memory figure to store.
     assert row.seconds > 0 and pd.isna(row.peak_memory_mb) and row.recipe["max_length"] == 32
+    # What the board judges the run against, stored with it: RTE's test half of 139, its
+    # majority class (entailment, label 0) 73 of them.
+    assert row.test_reference["test_size"] == 139 and row.test_reference["label_counts"] == [73, 66]
+    assert row.test_reference["constant_scores"]["accuracy"] == pytest.approx(73 / 139)
 
     plan = Plan.of(suite)
     study = optuna.load_study(study_name=plan.study_name(Cell("weight_decay", "rte", 16)),
