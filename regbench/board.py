@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from regbench.errors import RegbenchError
+from regbench.noise_report import noise_correlations, noise_curves
 from regbench.stats import (
     CONFIDENCE,
     INTERVAL,
@@ -32,13 +33,13 @@ from regbench.stats import (
     sd_interval,
     sign_flip,
     smallest_sign_flip_p,
-    spearman,
     spreads_differ,
     t_interval,
     wilcoxon,
 )
 from regbench.store import DIVERGED, FAILED, FINISHED, SETTLED
 from regbench.tasks import TASKS
+from regbench.tuning_budget import budget_curves
 
 VANILLA = "vanilla"  # the reference of every paired test and of the cost ratio
 ALPHA = 0.05  # primary comparisons after Holm's correction; the failure, gate and stability tests
@@ -72,6 +73,15 @@ class Leaderboard:
     provenance: dict[str, Any]  # what the runs say: versions, counts, thresholds, methods
     primary: pd.DataFrame  # one row per (task, regularizer): the comparisons fixed in advance
     tasks: pd.DataFrame  # one row per task: failure rule, learning gate, what the board can detect
+    # One row per tuned cell: its study's sampler, and the expected best validation score of one
+    # trial and of the budget's (regbench.tuning_budget); and that score for 1 … budget trials.
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
+    tuning_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Per cell, noise layer and layer above: the runs' distance and relative change; per task and
+    # (task, size): the correlation of score with noise sensitivity within cells
+    # (regbench.noise_report).
+    noise_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    noise_correlations: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_json(self) -> dict[str, Any]:
         def records(frame: pd.DataFrame) -> list[dict]:
@@ -79,7 +89,10 @@ class Leaderboard:
 
         return {"meta": self.meta, "provenance": self.provenance, "tasks": records(self.tasks),
                 "primary": records(self.primary), "cells": records(self.cells),
-                "overall": records(self.overall), "runs": records(self.runs)}
+                "overall": records(self.overall), "runs": records(self.runs),
+                "tuning": records(self.tuning), "tuning_curves": records(self.tuning_curves),
+                "noise_curves": records(self.noise_curves),
+                "noise_correlations": records(self.noise_correlations)}
 
 
 def runs_shown(provenance: dict[str, Any]) -> int:
@@ -122,12 +135,14 @@ def build(frame: pd.DataFrame, expected: pd.DataFrame | None,
     provenance = _provenance(runs, superseded, unplanned, _tuning_runs(frame, runs), cells,
                              primary)
     provenance["baselines"] = dict(zip(tasks.task, tasks.baseline, strict=True))
-    provenance["noise_stability"] = noise_correlations(runs)
     provenance["noise_settings"] = [json.loads(s) for s in sorted(
         {json.dumps(m.get("settings"), sort_keys=True)
          for m in runs.noise_stability.dropna() if m.get("settings")})]
+    tuning, tuning_curves = budget_curves(frame, runs, (meta or {}).get("tuning", {}).get("trials"))
+    noise = noise_curves(runs), noise_correlations(runs)
     runs = runs.sort_values(RUN, key=_task_order, ignore_index=True)[[*RUN, *_RUN_COLUMNS]]
-    return Leaderboard(cells, overall, runs, dict(meta or {}), provenance, primary, tasks)
+    return Leaderboard(cells, overall, runs, dict(meta or {}), provenance, primary, tasks, tuning,
+                       tuning_curves, *noise)
 
 
 def _task_order(column: pd.Series) -> pd.Series:
@@ -275,23 +290,12 @@ def _gate(cells: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 def _mean_table(measures: pd.Series) -> str | None:
     """The mean over runs of their noise-stability tables (row: the layer the noise enters;
     column: the layer whose change is measured), as JSON; None without a measure."""
-    tables = [np.array(m["table"], dtype=float) for m in measures.dropna()]
+    tables = [np.array(m["table"], dtype=float) for m in measures.dropna() if m.get("table")]
     if not tables:
         return None
     mean = np.mean(tables, axis=0)
     return json.dumps([[None if np.isnan(v) else round(float(v), 6) for v in row]
                        for row in mean])
-
-
-def noise_correlations(runs: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per task, across its finished runs of every size and regularizer: Spearman's correlation
-    of the test score with the noise sensitivity. The paper finds models that move less under
-    noise generalise better: a negative correlation."""
-    found = {}
-    for task, group in runs.dropna(subset=["noise", "test_score"]).groupby("task", sort=False):
-        rho, p = spearman(group.test_score, group.noise)
-        found[task] = {"spearman": rho, "p_value": p, "runs": len(group)}
-    return found
 
 
 def _versus_vanilla(cells: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

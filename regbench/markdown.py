@@ -37,7 +37,7 @@ def render(board: Leaderboard, images: list[str]) -> str:
         body = ["No final runs, and none planned."]
     else:
         body = [_headline_md(board, forest), _overall_md(board), _reading_md(board),
-                _cells_md(board), _noise_md(board), _cost_md(board)]
+                _cells_md(board), _tuning_md(board), _noise_md(board), _cost_md(board)]
     plots = ["## Plots", *(f"![{image}]({image})" for image in others)] if others else []
     return "\n\n".join([_header(board), *body, _provenance_md(board), *plots]) + "\n"
 
@@ -367,27 +367,119 @@ def _cells_md(board: Leaderboard) -> str:
     return "\n\n".join(parts)
 
 
+def _p(x: float) -> str:
+    return "–" if pd.isna(x) else "< 0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def _tuning_md(board: Leaderboard) -> str:
+    """How far each cell's rank depends on the tuning budget (regbench.tuning_budget)."""
+    tuning = board.tuning
+    if tuning.empty:
+        return "## Tuning budget\n\nNo cell was tuned: every regularizer ran at its defaults."
+    budget = int(tuning.budget.iloc[0])
+    samplers = "; ".join(f"{label} in {count} cells" if len(tuning) > count else label
+                         for label, count in tuning.sampler.value_counts().items())
+    seeds = sorted(set(tuning.tuning_seeds))
+    lines = [
+        "## Tuning budget",
+        f"**Sampler**: {samplers}; a budget of {budget} trials, each scored by its mean "
+        f"validation score over {' or '.join(map(str, seeds))} tuning "
+        f"seed{'s' if seeds != [1] else ''}. Below {2 * 10} trials TPE, which models the best "
+        "tenth of the trials apart from the rest after its 10 random start-up trials, cannot "
+        "learn: such a study is random search.",
+        f"**E[max] at n**: Dodge et al.'s (2019) expected best validation score of n trials drawn "
+        "from the study's own trials (the configurations it tried, each at its mean validation "
+        "score): with the values sorted v₁ ≤ … ≤ v_N, Σᵢ vᵢ ((i/N)ⁿ − ((i−1)/N)ⁿ). The ranks "
+        f"order the tuned regularizers of a (task, size) by it at 1 and at {budget} trials: where "
+        "they differ, the order depends on the budget. An untuned regularizer has no study and "
+        "is not ranked here. **seed / configuration spread**: the standard deviation of the "
+        "validation scores of the tuned configuration's final seeds, and that of the study's "
+        "configurations.",
+    ]
+    wide = tuning.seed_spread >= tuning.configuration_spread
+    if seeds == [1] or wide.mean() > 0.5:
+        lines.append(
+            f"In {int(wide.sum())} of {len(tuning)} tuned cells the final seeds of one "
+            "configuration spread at least as far as the study's configurations: the best "
+            "configuration is largely the luckiest seed"
+            + (", as each was scored on one seed." if seeds == [1] else "."))
+    parts = ["\n\n".join(lines)]
+    headers = ["rank at 1", f"rank at {budget}", "regularizer", "configurations",
+               "E[max] at 1", f"E[max] at {budget}", "seed spread", "configuration spread"]
+    for task, by_task in tuning.groupby("task", sort=False):
+        for n, cell in by_task.groupby("n_train"):
+            cell = cell.sort_values("rank_at_budget")
+            rows = [[_rank_text(r.rank_at_1), _rank_text(r.rank_at_budget), r.regularizer,
+                     f"{r.configurations}" + (f" ({r.left_out} left out)" if r.left_out else ""),
+                     _num(r.expected_max_1), _num(r.expected_max_budget), _num(r.seed_spread),
+                     _num(r.configuration_spread)] for r in cell.itertuples()]
+            agreement = cell.rank_at_1.corr(cell.rank_at_budget, method="spearman")
+            moved = [f"{r.regularizer} {_rank_text(r.rank_at_1)} → "
+                     f"{_rank_text(r.rank_at_budget)}" for r in cell.itertuples()
+                     if abs(r.rank_at_1 - r.rank_at_budget) >= 3]
+            parts += [f"### {task_label(task)}, N = {n}", _table(rows, headers),
+                      f"Spearman ρ of the ranks at 1 and at {budget} trials: "
+                      f"{_num(agreement, 2)}; moved three places or more: "
+                      f"{', '.join(moved) or 'none'}."]
+    return "\n\n".join(parts)
+
+
 def _noise_md(board: Leaderboard) -> str:
-    """Does stability to noise go with generalisation, as Hua et al. find? Per task, across runs."""
-    rows = [[task_label(task), found["runs"], _num(found["spearman"], 2), _num(found["p_value"])]
-            for task, found in board.provenance["noise_stability"].items()]
+    """Does stability to noise go with generalisation, as Hua et al. find? Within cells."""
     settings = board.provenance["noise_settings"]
-    if not rows or not settings:
+    correlations = board.noise_correlations
+    if correlations.empty or not settings:
         return "## Noise stability\n\nNo finished run carries a noise-stability measure."
     measured = " / ".join(f"{s['scale']:.0%} noise, the first {s['examples']} test examples, "
                           f"{s['draws']} draws" for s in settings)
-    return "\n\n".join([
+    parts = [
         "## Noise stability",
-        "The LNSR paper's diagnostic, measured on every finished final run after training: "
-        "Gaussian noise of a share of each token's norm added to the embedding output, in eval "
-        "mode, on the first examples of the test half, and the relative change ‖h̃ − h‖ / ‖h‖ of "
-        f"the last layer's hidden states, averaged over real tokens and noise draws ({measured}; "
-        "fp32, a fixed seed). The **noise** column above is the cell's mean; the JSON holds "
-        "every run's whole table (noise at each layer, the change of every layer above). "
-        "Hua et al. find that models which move "
-        "less generalise better: a negative rank correlation between test score and noise "
-        "below. A correlation across runs is no proof of cause.",
-        _table(rows, ["task", "finished runs", "Spearman ρ (score, noise)", "p"])])
+        "The LNSR paper's diagnostic, measured on every finished final run after training, in "
+        "eval mode, on the first examples of the test half: Gaussian noise of a share of the "
+        "layer's output norm (of each token's) added at layer i, from the embedding output up, "
+        "and the L2 distance ‖h̃ₖ − hₖ‖ and relative change ‖h̃ₖ − hₖ‖ / ‖hₖ‖ of every layer k "
+        f"above, averaged over real tokens and noise draws ({measured}; fp32, a fixed seed). "
+        "The **noise** column above is a cell's mean relative change of the last layer for "
+        "noise at the embedding output; the plots show every layer's for that noise (mean and "
+        "standard deviation over the runs), and the JSON holds the whole (i, k) table, mean "
+        "and spread, of every cell.",
+    ]
+    parts += _missing_noise_lines(board)
+    rows = [[task_label(r.task), "all" if pd.isna(r.n_train) else r.n_train, r.runs, r.cells,
+             _num(r.within_spearman, 2), _p(r.within_p),
+             "–" if pd.isna(r.across_cells) else r.across_cells, _num(r.across_spearman, 2),
+             _p(r.across_p)] for r in correlations.itertuples()]
+    parts += [
+        "Hua et al. find that models which move less generalise better: a negative rank "
+        "correlation of the test score with the noise sensitivity. **Within cells**: the mean "
+        "over cells (task, size and regularizer fixed; only the seed differs) of each cell's "
+        "Spearman ρ, its p-value from shuffling the sensitivities within every cell "
+        "(two-sided, 20,000 shuffles of a fixed seed); a cell whose scores or sensitivities "
+        "are all equal has no ρ and is left out. **Across regularizers**: Spearman ρ of the "
+        "cells' mean score and mean sensitivity within one (task, size), the paper's comparison "
+        "of methods. Nothing here pools runs of different cells, whose means confound the two. "
+        "A correlation is no proof of cause.",
+        _table(rows, ["task", "N", "finished runs", "cells", "ρ within cells", "p",
+                      "regularizers", "ρ across regularizers", "p"])]
+    return "\n\n".join(parts)
+
+
+def _missing_noise_lines(board: Leaderboard) -> list[str]:
+    """One line for each part of the measure that runs stored by older versions lack."""
+    measured = int(board.runs.noise.notna().sum())
+    curves = board.noise_curves
+    first = curves[(curves.injected == 0) & (curves.layer == 1)]  # one row per cell
+    tables, distances = int(first.relative_runs.sum()), int(first.distance_runs.sum())
+    lines = []
+    if tables < measured:
+        lines.append(f"The per-layer table is missing for {measured - tables} of {measured} "
+                     "measured runs (stored before regbench kept it): the correlations use "
+                     "their one-number measure, and the plots leave them out.")
+    if distances < tables:
+        lines.append(f"The per-layer L2 distance is missing for {tables - distances} of "
+                     f"{measured} measured runs (stored before regbench measured it): the plots "
+                     "show the relative change instead.")
+    return lines
 
 
 def _cost_md(board: Leaderboard) -> str:

@@ -46,6 +46,9 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path, caplog):
         ("vanilla", 1), ("vanilla", 2), ("weight_decay", 1), ("weight_decay", 2)]
     assert (finals.status == "finished").all() and finals.test_score.between(0, 1).all()
     assert runs.key.is_unique and (runs.phase == "tune").sum() == 2
+    # Two trials are random search, which the tuning runs record for the board.
+    assert [p["sampler"]["sampler"] for p in runs[runs.phase == "tune"].provenance] == ["qmc"] * 2
+    assert "sampler" not in finals.provenance.iloc[0]
     row = finals.iloc[0]
     assert {"regbench", "torch", "transformers", "git_commit", "device"} <= set(row.provenance)
     # On the CPU there is no per-run memory figure to store.
