@@ -49,6 +49,15 @@ def _layout(figure: go.Figure, title: str, height: int, legend_below: bool = Fal
     return figure
 
 
+def _stacked(titles: list[str], panel: int, top: int = 140) -> tuple[go.Figure, int]:
+    """Panels one above the other, `panel` pixels each with room between them for an axis's
+    labels and the next panel's title; and the figure's height."""
+    height = top + panel * len(titles)
+    gap = 130 / height if len(titles) > 1 else 0
+    return make_subplots(rows=len(titles), cols=1, vertical_spacing=gap,
+                         subplot_titles=titles), height
+
+
 def _baseline(figure: go.Figure, threshold: float, **where) -> None:
     figure.add_hline(threshold, line={"color": "grey", "dash": "dash", "width": 1},
                      annotation_text="majority baseline (failure)",
@@ -107,8 +116,7 @@ def seeds(board: Leaderboard, task: str) -> go.Figure:
     colors = palette(board)
     order = [r for r in board.overall.regularizer if r in set(cells.regularizer)]
     sizes = sorted(cells.n_train.unique())
-    figure = make_subplots(rows=len(sizes), cols=1, vertical_spacing=0.08,
-                           subplot_titles=[f"N = {n}" for n in sizes])
+    figure, height = _stacked([f"N = {n}" for n in sizes], _HEIGHT + 60)
     shown = set()
     for row, n in enumerate(sizes, start=1):
         for x, regularizer in enumerate(order):
@@ -144,7 +152,7 @@ def seeds(board: Leaderboard, task: str) -> go.Figure:
         figure.update_yaxes(title_text="test score", range=span, row=row, col=1)
     _status_legend(figure, shown)
     title = f"{task_label(task)}: test {metric_name(task)} of every final seed"
-    return _layout(figure, title, 120 + (_HEIGHT + 60) * len(sizes))
+    return _layout(figure, title, height)
 
 
 def sizes(board: Leaderboard, task: str) -> go.Figure | None:
@@ -174,11 +182,16 @@ def sizes(board: Leaderboard, task: str) -> go.Figure | None:
 
 
 def noise(board: Leaderboard, task: str) -> go.Figure | None:
-    """Every finished run's test score against its noise sensitivity, one color per regularizer
-    and one marker per size; None when no run of the task was measured."""
-    runs = board.runs[board.runs.task == task].dropna(subset=["noise", "test_score"])
+    """Every finished run's test score against its noise sensitivity, each less its cell's mean
+    (the seed's deviation, what the board's within-cell correlation ranks, as the PNG plot), one
+    color per regularizer and one marker per size; None when no run of the task was measured."""
+    runs = board.runs[(board.runs.task == task) & (board.runs.status == FINISHED)]
+    runs = runs.dropna(subset=["noise", "test_score"])
     if runs.empty:
         return None
+    cell = runs.groupby(["n_train", "regularizer"])
+    runs = runs.assign(noise_less=runs.noise - cell.noise.transform("mean"),
+                       score_less=runs.test_score - cell.test_score.transform("mean"))
     colors = palette(board)
     markers = dict(zip(sorted(runs.n_train.unique()),
                        ["circle", "square", "diamond", "triangle-up", "star"], strict=False))
@@ -186,24 +199,93 @@ def noise(board: Leaderboard, task: str) -> go.Figure | None:
     for regularizer in [r for r in board.overall.regularizer if r in set(runs.regularizer)]:
         mine = runs[runs.regularizer == regularizer]
         figure.add_trace(go.Scatter(
-            x=mine.noise, y=mine.test_score, mode="markers", name=regularizer,
+            x=mine.noise_less, y=mine.score_less, mode="markers", name=regularizer,
             legendgroup=regularizer,
             marker={"color": colors[regularizer], "size": 8, "opacity": 0.8,
                     "symbol": [markers.get(n, "circle") for n in mine.n_train]},
             text=[_hover(r) for r in mine.itertuples()],
             hovertemplate="%{text}<extra></extra>"))
-    _baseline(figure, board.provenance["baselines"][task])
-    found = board.provenance["noise_stability"].get(task)
-    figure.update_xaxes(title_text="noise sensitivity: the last layer's relative change")
-    figure.update_yaxes(title_text="test score",
-                        range=_floor_span(runs.test_score, board.provenance["baselines"][task]))
+    for axis in (figure.add_hline, figure.add_vline):
+        axis(0, line={"color": "grey", "width": 1})
+    figure.update_xaxes(title_text="noise sensitivity less its cell's mean")
+    figure.update_yaxes(title_text="test score less its cell's mean")
     sizes_text = ", ".join(f"{marker.replace('-up', '')} N = {n}"
                            for n, marker in markers.items())
-    title = f"{task_label(task)}: test {metric_name(task)} against noise sensitivity"
-    if found:
-        title += (f"<br><sup>Spearman ρ = {found['spearman']:.2f} over {found['runs']} runs; "
-                  f"markers: {sizes_text}</sup>")
+    title = (f"{task_label(task)}: test {metric_name(task)} against noise sensitivity, within "
+             f"cells<br><sup>markers: {sizes_text}</sup>")
     return _layout(figure, title, 600, legend_below=True)
+
+
+def _by_size(frame: pd.DataFrame, board: Leaderboard, trace, title: str, x_title: str,
+             y_title: str) -> go.Figure:
+    """One panel per training size, one above the other, with a trace per regularizer (in the
+    overall rank's order) drawn by `trace(rows, color)`."""
+    colors = palette(board)
+    sizes = sorted(frame.n_train.unique())
+    figure, height = _stacked([f"N = {n}" for n in sizes], 400, top=200)
+    for row, n in enumerate(sizes, start=1):
+        for regularizer in [r for r in board.overall.regularizer if r in set(frame.regularizer)]:
+            mine = frame[(frame.n_train == n) & (frame.regularizer == regularizer)]
+            for drawn in trace(mine, colors[regularizer]):
+                figure.add_trace(drawn.update(name=regularizer, legendgroup=regularizer,
+                                              showlegend=drawn.showlegend is not False
+                                              and row == 1), row=row, col=1)
+        figure.update_xaxes(title_text=x_title, row=row, col=1)
+        figure.update_yaxes(title_text=y_title, row=row, col=1)
+    return _layout(figure, title, height, legend_below=True)
+
+
+def layers(board: Leaderboard, task: str) -> go.Figure | None:
+    """Hua et al.'s figure: for noise at the embedding output, each layer's L2 distance from its
+    clean output (the relative change, where the runs lack the distance), mean over a cell's
+    runs with a band of one standard deviation; None without measured runs."""
+    curves = board.noise_curves
+    if curves.empty:
+        return None
+    curves = curves[(curves.task == task) & (curves.injected == 0)]
+    if curves.empty:
+        return None
+    measure = "distance" if curves.distance_runs.gt(0).all() else "relative"
+
+    def trace(mine: pd.DataFrame, color: str) -> list:
+        mean, std = mine[f"{measure}_mean"], mine[f"{measure}_std"].fillna(0)
+        translucent = color.replace("rgb(", "rgba(").replace(")", ",0.12)")
+        band = go.Scatter(x=[*mine.layer, *mine.layer[::-1]],
+                          y=[*(mean + std), *(mean - std)[::-1]], fill="toself",
+                          fillcolor=translucent, line={"width": 0}, hoverinfo="skip",
+                          showlegend=False)
+        line = go.Scatter(
+            x=mine.layer, y=mean, mode="lines+markers", line={"color": color},
+            marker={"size": 5}, customdata=np.stack([std, mine[f"{measure}_runs"]], axis=-1),
+            hovertemplate=f"<b>{mine.regularizer.iloc[0]}</b>, layer %{{x}}<br>"
+                          f"{measure} %{{y:.4g}} ± %{{customdata[0]:.3g}} over "
+                          "%{customdata[1]} runs<extra></extra>")
+        return [band, line]
+
+    label = "L2 distance ‖h̃ₖ − hₖ‖" if measure == "distance" else "relative change"
+    return _by_size(curves, board, trace,
+                    f"{task_label(task)}: each layer's movement under 5% noise at the embedding "
+                    "output<br><sup>line: mean over seeds; band: ± 1 std</sup>",
+                    "layer k", label)
+
+
+def budget(board: Leaderboard, task: str) -> go.Figure | None:
+    """Dodge et al.'s expected best validation score against the number of trials, one line per
+    tuned regularizer, one panel per size; None without a tuned cell."""
+    curves = board.tuning_curves
+    if curves.empty or not (curves.task == task).any():
+        return None
+
+    def trace(mine: pd.DataFrame, color: str) -> list:
+        return [go.Scatter(x=mine.trials, y=mine.expected_max, mode="lines+markers",
+                           line={"color": color}, marker={"size": 5},
+                           hovertemplate=f"<b>{mine.regularizer.iloc[0]}</b>: expected best "
+                                         "%{y:.4f} of %{x} trials<extra></extra>")]
+
+    return _by_size(curves[curves.task == task], board, trace,
+                    f"{task_label(task)}: expected best validation score of n trials<br><sup>"
+                    "Dodge et al. 2019, from each study's own trials</sup>", "trials n",
+                    f"expected best validation {metric_name(task)}")
 
 
 def forest(board: Leaderboard) -> go.Figure:

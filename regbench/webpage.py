@@ -274,15 +274,58 @@ def headline(board: Leaderboard) -> list[dict]:
     return found
 
 
+def tuning_table(board: Leaderboard) -> Table:
+    budget = int(board.tuning.budget.iloc[0]) if len(board.tuning) else 0
+    columns = [
+        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
+        Column("task", "", lambda r: task_label(r.task), numeric=False),
+        Column("N", "Training examples", lambda r: r.n_train),
+        Column("sampler", "The study's sampler; random search below the budget where TPE can "
+               "learn", lambda r: r.sampler, numeric=False),
+        Column("configurations", "Configurations the study tried (left out: pruned, diverged or "
+               "crashed on some seed)", lambda r: r.configurations,
+               lambda v: f"{v.configurations}" + (f" ({v.left_out} left out)"
+                                                  if v.left_out else "")),
+        Column("rank at 1", "Rank within the (task, size) by the expected best validation "
+               "score of one trial", lambda r: r.rank_at_1, lambda v: _rank_text(v.rank_at_1)),
+        Column(f"rank at {budget}", "Rank by the expected best of the budget's trials",
+               lambda r: r.rank_at_budget, lambda v: _rank_text(v.rank_at_budget)),
+        Column("E[max] at 1", "Expected best validation score of one trial (Dodge et al.)",
+               lambda r: r.expected_max_1, lambda v: _num(v.expected_max_1)),
+        Column(f"E[max] at {budget}", "Expected best validation score of the budget's trials",
+               lambda r: r.expected_max_budget, lambda v: _num(v.expected_max_budget)),
+        Column("seed spread", "Standard deviation of the tuned configuration's final seeds' "
+               "validation scores", lambda r: r.seed_spread, lambda v: _num(v.seed_spread)),
+        Column("configuration spread", "Standard deviation of the study's configurations' "
+               "validation scores", lambda r: r.configuration_spread,
+               lambda v: _num(v.configuration_spread)),
+    ]
+    return Table("tuning", columns, list(board.tuning.itertuples()),
+                 lambda r: {"task": r.task, "size": r.n_train, "regularizer": r.regularizer})
+
+
+def _correlations(board: Leaderboard, task: str) -> list[dict]:
+    """The task's within-cell (and across-regularizer) correlations of score and noise."""
+    found = board.noise_correlations
+    if found.empty:
+        return []
+    return [{"size": "all" if pd.isna(r.n_train) else int(r.n_train), "runs": r.runs,
+             "cells": r.cells, "within": _num(r.within_spearman, 2), "within_p": _p(r.within_p),
+             "across": _num(r.across_spearman, 2), "across_p": _p(r.across_p),
+             "regularizers": "–" if pd.isna(r.across_cells) else int(r.across_cells)}
+            for r in found[found.task == task].itertuples()]
+
+
 def _tasks(board: Leaderboard) -> list[dict]:
-    """Per task, its figures."""
+    """Per task, its figures and its noise correlations."""
     tasks = []
     for task in board.cells.task.unique():
         drawn = {"seeds": charts.seeds(board, task), "sizes": charts.sizes(board, task),
-                 "noise": charts.noise(board, task)}
+                 "noise": charts.noise(board, task), "layers": charts.layers(board, task),
+                 "budget": charts.budget(board, task)}
         tasks.append({"task": task, "label": task_label(task), "metric": metric_name(task),
                       "baseline": board.provenance["baselines"][task],
-                      "noise": board.provenance["noise_stability"].get(task),
+                      "correlations": _correlations(board, task),
                       "figures": {kind: _figure(figure, f"{task}-{kind}")
                                   for kind, figure in drawn.items() if figure is not None}})
     return tasks
@@ -308,6 +351,7 @@ def board_page(board: Leaderboard, name: str) -> str:
                  "regularizer": list(board.overall.regularizer)},
         colors=charts.palette(board) if not cells.empty else {},
         overall=overall_table(board), cells=cells_table(board), runs=runs_table(board),
+        tuning=tuning_table(board) if len(board.tuning) else None,
         problems=len(problems[problems.status != MISSING]),
         missing=int((board.runs.status == MISSING).sum()),
         mark=MARK, plotly_js=Markup(get_plotlyjs()), style=_asset("page.css"),
@@ -318,15 +362,39 @@ def _asset(name: str) -> Markup:
     return Markup(_environment.loader.get_source(_environment, name)[0])
 
 
-def headline_of(document: dict) -> str:
-    """One line on what a published board (its JSON) holds, for the index."""
+def headline_of(document: dict) -> list[str]:
+    """What a published board (its JSON) found, one line per task, for the index: the
+    regularizers that differ from vanilla in its primary comparisons, or that none does, or that
+    the task does not learn; and what it holds. A board published before it had primary
+    comparisons gets the last line alone."""
     cells = pd.DataFrame(document.get("cells", []))
     if cells.empty:
-        return "No final runs."
+        return ["No final runs."]
+    primary = pd.DataFrame(document.get("primary", []))
+    lines = []
+    for task in document.get("tasks", []):
+        mine = primary[primary.task == task["task"]] if len(primary) else primary
+        differ = mine[mine.significant].sort_values("delta", ascending=False) \
+            if len(mine) else mine
+        if len(task["not_learning"]) == len(task["sizes"]):
+            verdict = "does not learn at this budget"
+        elif mine.empty:
+            verdict = "no primary comparison"
+        elif differ.empty:
+            verdict = f"none of {len(mine)} regularizers differs from {VANILLA}"
+        else:
+            verdict = (", ".join(f"{r.regularizer} ({_num(r.delta, sign=True)})"
+                                 for r in differ.itertuples())
+                       + f" differ from {VANILLA} ({len(differ)} of {len(mine)})")
+        lines.append(f"{task['label']}: {verdict}")
     tasks = ", ".join(dict.fromkeys(task_label(t) for t in cells.task))
     sizes = ", ".join(map(str, sorted(cells.n_train.unique())))
-    return (f"{cells.regularizer.nunique()} regularizers on {tasks} at N = {sizes}; "
-            f"{runs_shown(document['provenance'])} final runs")
+    return [*lines, f"{cells.regularizer.nunique()} regularizers on {tasks} at N = {sizes}; "
+                    f"{runs_shown(document['provenance'])} final runs"]
+
+
+def _moment(iso: str | None) -> str:
+    return pd.Timestamp(iso).strftime("%Y-%m-%d %H:%M UTC") if iso else "–"
 
 
 def index_page(documents: dict[str, dict]) -> str:
@@ -335,7 +403,7 @@ def index_page(documents: dict[str, dict]) -> str:
     for name, document in sorted(documents.items()):
         meta, provenance = document.get("meta", {}), document["provenance"]
         boards.append({"name": name, "suite": meta.get("suite", name),
-                       "date": meta.get("date", provenance.get("generated")),
+                       "date": meta.get("date") or _moment(provenance.get("generated")),
                        "trained": [(provenance.get("first_run") or "")[:10],
                                    (provenance.get("last_run") or "")[:10]],
                        "model": meta.get("model"), "headline": headline_of(document),

@@ -65,8 +65,13 @@ def test_the_page_and_the_index_are_written_with_the_board(site):
     assert re.findall(r'<li class="board-card" data-board="(\w+)"', index) == ["handmade", "other"]
     assert 'href="handmade.html"' in index and 'href="other.html"' in index
     assert "settings" not in index
-    # The index's line for a board names its tasks, sizes and runs.
-    assert "3 regularizers on RTE, CoLA at N = 100, 1000; 54 final runs" in index
+    # The index's lines for a board: its primary comparisons per task, then what it holds.
+    card = index[index.index('data-board="handmade"'):index.index('data-board="other"')]
+    differ = board.primary[board.primary.significant]
+    for task in board.tasks.itertuples():
+        assert f"<li>{task.label}: " in card
+    assert ("differ from vanilla" in card) == (len(differ) > 0)
+    assert "3 regularizers on RTE, CoLA at N = 100, 1000; 54 final runs" in card
 
 
 def test_the_page_links_only_to_the_files_beside_it(site):
@@ -139,8 +144,8 @@ def test_the_tables_hold_the_board(page, site):
     board = site[0]
     keys = zip(_column(page, "cells", "regularizer", None), _column(page, "cells", "task", None),
                map(int, _column(page, "cells", "N", None)), strict=True)
-    shown = dict(zip(keys, zip(_column(page, "cells", "mean", None),
-                               _column(page, "cells", "mean")), strict=True))
+    means = zip(_column(page, "cells", "mean", None), _column(page, "cells", "mean"), strict=True)
+    shown = dict(zip(keys, means, strict=True))
     assert len(shown) == len(board.cells)
     for c in board.cells.itertuples():
         text, exact = shown[(c.regularizer, task_label(c.task), c.n_train)]
