@@ -226,6 +226,8 @@ def _by_size(frame: pd.DataFrame, board: Leaderboard, trace, title: str, x_title
     for row, n in enumerate(sizes, start=1):
         for regularizer in [r for r in board.overall.regularizer if r in set(frame.regularizer)]:
             mine = frame[(frame.n_train == n) & (frame.regularizer == regularizer)]
+            if mine.empty:
+                continue
             for drawn in trace(mine, colors[regularizer]):
                 figure.add_trace(drawn.update(name=regularizer, legendgroup=regularizer,
                                               showlegend=drawn.showlegend is not False

@@ -16,16 +16,23 @@ from test_leaderboard import _measured, expected_of, frame_of, handmade_rows, ru
 
 from regbench.board import build, task_label
 from regbench.leaderboard import publish
-from regbench.markdown import _num
+from regbench.markdown import _num, render
 
 META = {"suite": "handmade", "model": "minilm", "recipe": {"learning_rate": 2e-5}}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# The forest plot; per task the seeds, the noise sensitivity within cells and the layers' movement
+# under noise; the tuning budget where a cell was tuned.
+FIGURES = ["forest", "rte-seeds", "rte-noise", "rte-layers", "rte-budget", "cola-seeds",
+           "cola-noise", "cola-layers"]
 
 
 def _rows() -> list[dict]:
-    """The hand-made suite, every finished run measured for noise stability; mixout crashed on
-    RTE N = 1000 seed 3 and has no run for seed 4; l2sp has no run at all on CoLA N = 1000."""
-    rows = []
+    """The hand-made suite, every finished run measured for noise stability, l2sp tuned on RTE
+    N = 100 with three trials; mixout crashed on RTE N = 1000 seed 3 and has no run for seed 4;
+    l2sp has no run at all on CoLA N = 1000."""
+    rows = [run("l2sp", "rte", 100, 101, score, phase="tune", trial=trial,
+                params={"alpha": alpha}, validation_score=score)
+            for trial, (alpha, score) in enumerate([(0.001, 0.62), (0.01, 0.66), (0.1, 0.58)])]
     for row in handmade_rows():
         if row["regularizer"] == "mixout" and row["task"] == "rte" and row["n_train"] == 1000 \
                 and row["seed"] >= 3:
@@ -40,13 +47,17 @@ def _rows() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """The hand-made board published beside an earlier board and a JSON file that is no board:
-    (its Leaderboard, the folder)."""
+    """The hand-made board published beside a board published without a page (as by an older
+    regbench: its JSON, CSV and markdown) and a JSON file that is no board: (its Leaderboard,
+    the folder)."""
     tmp = tmp_path_factory.mktemp("site")
     out = tmp / "out"
+    out.mkdir()
     other = [r for r in handmade_rows() if r["task"] == "rte"]
-    publish(frame_of(other, tmp_path_factory.mktemp("other")), None, out, "other",
-            {**META, "suite": "other"})
+    older = build(frame_of(other, tmp_path_factory.mktemp("other")), None, {"suite": "other"})
+    (out / "other.json").write_text(json.dumps(older.to_json(), default=str))
+    (out / "other.md").write_text(render(older, []))
+    (out / "other.csv").write_text(older.cells.to_csv(index=False))
     (out / "settings.json").write_text(json.dumps({"theme": "dark"}))
     frame = frame_of(_rows(), tmp)
     publish(frame, expected_of(), out, "handmade", META)
@@ -57,21 +68,21 @@ def test_the_page_and_the_index_are_written_with_the_board(site):
     board, out = site
     html = (out / "handmade.html").read_text()
     assert json.loads((out / "handmade.json").read_text())["page"] == "handmade.html"
-    # plotly.js once, whatever the number of figures: the forest plot, and per task the seeds
-    # and the noise sensitivity.
+    # plotly.js once, whatever the number of figures.
     assert html.count("* plotly.js v") == 1
-    assert html.count('class="plotly-graph-div"') == 5
+    assert re.findall(r'<div class="figure" data-figure="([\w-]+)"', html) == FIGURES
     index = (out / "index.html").read_text()
     assert re.findall(r'<li class="board-card" data-board="(\w+)"', index) == ["handmade", "other"]
-    assert 'href="handmade.html"' in index and 'href="other.html"' in index
-    assert "settings" not in index
-    # The index's lines for a board: its primary comparisons per task, then what it holds.
+    assert 'href="handmade.html"' in index and 'href="other.md"' in index
+    assert "other.html" not in index and "settings" not in index
+    # A board's lines in the index: its primary comparisons per task (on CoLA, mixout differs
+    # after Holm: p = 0.047), then what it holds.
     card = index[index.index('data-board="handmade"'):index.index('data-board="other"')]
-    differ = board.primary[board.primary.significant]
-    for task in board.tasks.itertuples():
-        assert f"<li>{task.label}: " in card
-    assert ("differ from vanilla" in card) == (len(differ) > 0)
-    assert "3 regularizers on RTE, CoLA at N = 100, 1000; 54 final runs" in card
+    delta = board.primary.set_index(["task", "regularizer"]).delta[("cola", "mixout")]
+    assert re.findall(r"<li[^>]*>([^<]+)</li>", card) == [
+        "RTE: none of 2 regularizers differs from vanilla",
+        f"CoLA: mixout ({delta:+.3f}) differ from vanilla (1 of 2)",
+        "3 regularizers on RTE, CoLA at N = 100, 1000; 54 final runs"]
 
 
 def test_the_page_links_only_to_the_files_beside_it(site):
@@ -115,7 +126,7 @@ def page(browser, site):
     page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.on("request", lambda request: page.requests.append(request.url))
     page.goto((out / "handmade.html").as_uri())
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 8")
     yield page
     context.close()
 
@@ -211,7 +222,7 @@ def test_every_plot_renders(page):
     from PIL import Image
 
     plots = page.locator(".js-plotly-plot")
-    assert plots.count() == 5
+    assert plots.count() == len(FIGURES)
     for i in range(plots.count()):
         image = np.asarray(Image.open(io.BytesIO(plots.nth(i).screenshot())).convert("RGB"))
         drawn = (image < 235).any(axis=-1)  # not white, nor the grid's light grey
@@ -268,7 +279,7 @@ def test_on_a_phone_only_the_tables_scroll_sideways(browser, site):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
     page.goto((out / "handmade.html").as_uri())
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 5")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 8")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     widths = page.evaluate("Array.from(document.querySelectorAll('.js-plotly-plot'), "
                            "(p) => p.getBoundingClientRect().width)")
