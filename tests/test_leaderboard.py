@@ -656,9 +656,9 @@ def test_header_states_machine_software_compute_plugins_and_methods(published):
     assert ("- **Statistics**: primary comparisons: two-sided sign-flip permutation test of the "
             "mean paired difference to vanilla, per (regularizer, task), the sizes that learn "
             "pooled, paired by (size, seed) (exact, all 2^n sign flips in 4), Holm over the 4 "
-            "primary comparisons, † at p (Holm) < 0.05; 95% Student-t interval of the mean over "
-            "seeds; per-cell tests: two-sided Wilcoxon signed-rank test against vanilla over "
-            "paired seeds, per cell, exploratory and uncorrected") in header
+            "primary comparisons, a difference at p (Holm) < 0.05; 95% Student-t interval of "
+            "the mean over seeds; per-cell tests: two-sided Wilcoxon signed-rank test against "
+            "vanilla over paired seeds, per cell, exploratory and uncorrected") in header
 
 
 def test_wall_time_counts_parallel_runs_once_and_leaves_out_pauses():
@@ -908,7 +908,8 @@ def test_a_primary_comparison_that_differs_heads_the_board(tmp_path):
     assert primary.p_holm.to_dict() == pytest.approx({"a": 1 / 32, "b": 10 / 128})
     assert primary.significant.to_dict() == {"a": True, "b": False}
     headline = section(render(board, []), "## Headline")
-    assert "**1 of 2 differ from vanilla** (2 comparisons, 7 pairs each" in headline
+    assert ("**1 of 2 differ from vanilla** (2 comparisons, each over 7 (size, seed) pairs at "
+            "N = 300)") in headline
     # a's differences: mean 0.04, standard deviation 0.0216, t(0.975, 6) = 2.4469: ± 0.020.
     assert row_of(headline, "a") == ["a", "+0.040", "[+0.020, +0.060]", "0.016", "0.031"]
     assert "The other 1 do not differ detectably. With 7 pairs the smallest p is 0.016" in headline
@@ -922,8 +923,8 @@ def test_a_board_that_can_reject_nothing_says_so_and_what_it_could_detect(tmp_pa
     task = board.tasks.iloc[0]
     assert (task.pairs, task.smallest_p, task.differ) == (3, 0.25, 0)
     headline = section(render(board, []), "## Headline")
-    assert ("**No regularizer differs from vanilla** (1 comparisons, 3 pairs each (N = 300, "
-            "paired seeds)). With 3 pairs the smallest p is 0.250, above Holm's first threshold "
+    assert ("**No regularizer differs from vanilla** (1 comparisons, each over 3 (size, seed) "
+            "pairs at N = 300). With 3 pairs the smallest p is 0.250, above Holm's first threshold "
             "(0.05 / 1): no comparison could have been significant.") in headline
 
 
