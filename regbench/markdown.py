@@ -173,10 +173,10 @@ def _headline_md(board: Leaderboard, forest: list[str]) -> str:
     gated = [f"{r.label} N = {_sizes(r.not_learning)}" for r in tasks.itertuples()
              if r.not_learning]
     if gated:
-        parts.append(f"**Does not learn at this budget: {'; '.join(gated)}.** There {VANILLA}'s "
-                     "runs do not beat the constant predictor (the majority class) significantly "
-                     "over their seeds: those cells are shown below, but left out of the overall "
-                     "rank and of the primary comparisons.")
+        parts.append(f"**Does not learn at this budget: {'; '.join(gated)}.** In those cells "
+                     f"{VANILLA}'s runs do not beat the constant predictor (the majority class) "
+                     "significantly over their seeds: they are shown below, but left out of the "
+                     "overall rank and of the primary comparisons.")
     if m:
         parts.append(f"The primary comparisons were fixed in advance: each regularizer against "
                      f"{VANILLA} on each task, the sizes that learn pooled, paired by (size, "
@@ -220,7 +220,8 @@ def _headline_md(board: Leaderboard, forest: list[str]) -> str:
                             f"({pooled}):",
                       _table(rows, ["regularizer", f"mean Δ {VANILLA}",
                                     f"{CONFIDENCE:.0%} CI", "p", "p (Holm)"]),
-                      (f"The other {rest} do not differ detectably. " if rest else "") + power]
+                      (f"The other {rest} do not differ from {VANILLA} after Holm's correction. "
+                       if rest else "") + power]
     parts += [f"![{image}]({image})" for image in forest]
     return "\n\n".join(parts)
 

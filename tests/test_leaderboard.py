@@ -912,7 +912,8 @@ def test_a_primary_comparison_that_differs_heads_the_board(tmp_path):
             "N = 300)") in headline
     # a's differences: mean 0.04, standard deviation 0.0216, t(0.975, 6) = 2.4469: ± 0.020.
     assert row_of(headline, "a") == ["a", "+0.040", "[+0.020, +0.060]", "0.016", "0.031"]
-    assert "The other 1 do not differ detectably. With 7 pairs the smallest p is 0.016" in headline
+    assert ("The other 1 do not differ from vanilla after Holm's correction. With 7 pairs the "
+            "smallest p is 0.016") in headline
     assert row_of(section(render(board, []), "## Overall"), "a")[5] == "1 / 0"
 
 
