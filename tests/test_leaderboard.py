@@ -18,6 +18,7 @@ from scipy import stats
 
 from regbench import leaderboard
 from regbench.board import _wall_seconds, build
+from regbench.cli import main
 from regbench.errors import RegbenchError
 from regbench.leaderboard import add_test_references, publish
 from regbench.markdown import render
@@ -44,6 +45,7 @@ from regbench.stats import (
     wilcoxon,
 )
 from regbench.store import Store
+from regbench.suite import load_suite
 
 # The test references the runner stores with each run (regbench.metrics.test_reference). A run
 # fails at or below the majority class's accuracy: RTE's 0.527; CoLA's 0.69, its MCC 0.
@@ -829,6 +831,25 @@ def test_an_older_store_gets_its_test_references_from_the_data_once(tmp_path, gl
 def test_the_publishing_modules_import_no_deep_learning_stack(module):
     subprocess.run([sys.executable, "-c", f"import sys, {module}; loaded = [m for m in ('torch', "
                     "'transformers') if m in sys.modules]; assert not loaded, loaded"], check=True)
+
+
+def test_the_leaderboard_command_completes_an_older_store_once(tmp_path, glue_dir, monkeypatch):
+    suite = tmp_path / "handmade.yaml"
+    suite.write_text("tasks: [rte]\nsizes: [100]\nfinal_seeds: [0, 1, 2, 3, 4]\n"
+                     "regularizers: [vanilla, l2sp]\n")
+    recipe = load_suite(str(suite)).recipe.as_dict()
+    rows = [{**row, "recipe": recipe, "test_reference": None}
+            for row in handmade_rows({("rte", 100): SCORES[("rte", 100)]})
+            if row["regularizer"] != "mixout"]
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    frame_of(rows, tmp_path)
+    command = ["leaderboard", "--suite", str(suite), "--storage", url, "--out"]
+    assert main([*command, str(tmp_path / "first"), "--data-dir", str(glue_dir)]) == 0
+    assert Store(url, create=False).frame().test_reference.notna().all()
+    monkeypatch.setenv("REGBENCH_GLUE_DIR", str(tmp_path / "no-glue"))  # no data any more
+    assert main([*command, str(tmp_path / "second")]) == 0
+    assert ((tmp_path / "first" / "handmade.md").read_text()
+            == (tmp_path / "second" / "handmade.md").read_text())
 
 
 def test_test_references_are_the_constant_predictor_on_the_test_half(glue_dir):
