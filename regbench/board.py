@@ -1,8 +1,8 @@
 """The leaderboard of a suite as one model, built from the store's runs table alone: statistics of
 the final runs per (task, size, regularizer), the learning gate of each (task, size), the primary
 comparisons against vanilla fixed in advance (one per regularizer and task) and the exploratory
-per-cell ones, ranks, and what the runs say about themselves. The markdown, CSV, JSON and plots all read this one `Leaderboard`, so they
-cannot disagree.
+per-cell ones, ranks, and what the runs say about themselves. The markdown, CSV, JSON and plots
+all read this one `Leaderboard`, so they cannot disagree.
 
 pandas, NumPy and SciPy only: publishing a stored board loads no deep-learning stack.
 """
@@ -408,8 +408,8 @@ def _tasks(cells: pd.DataFrame, primary: pd.DataFrame,
             "detectable": detectable_difference(pairs, spread, ALPHA / m) if m else np.nan,
             "differ": int(mine.significant.sum())})
     return pd.DataFrame(rows, columns=["task", "label", "metric", "regression", "reference",
-                                       "failure_line", "baseline", "sizes", "not_learning", "gate_p",
-                                       "comparisons", "pairs", "smallest_p", "spread",
+                                       "failure_line", "baseline", "sizes", "not_learning",
+                                       "gate_p", "comparisons", "pairs", "smallest_p", "spread",
                                        "detectable", "differ"])
 
 

@@ -20,11 +20,10 @@ from regbench.board import (
     runs_shown,
     task_label,
 )
-from regbench.tasks import TASKS
 from regbench.stats import CONFIDENCE, INTERVAL, smallest_wilcoxon_p
 from regbench.store import DIVERGED, FAILED
+from regbench.tasks import TASKS
 
-MARK = "†"
 TIED = "≈"  # a stability rank that cannot be told apart from the cell's steadiest
 FOREST = "forest"  # the plot of the primary comparisons, shown in the headline
 
@@ -153,7 +152,7 @@ def _header(board: Leaderboard) -> str:
         f"- **Regularizers** (version, distribution): {plugins or '–'}",
         f"- **Statistics**: primary comparisons: {methods['primary']}"
         + (f" ({modes})" if modes else "")
-        + f", {methods['correction']}, {MARK} at p (Holm) < {methods['alpha']}; "
+        + f", {methods['correction']}, a difference at p (Holm) < {methods['alpha']}; "
         f"{methods['interval']}; per-cell tests: {methods['test']}",
     ]
     return "\n".join(lines)
@@ -174,10 +173,10 @@ def _headline_md(board: Leaderboard, forest: list[str]) -> str:
     gated = [f"{r.label} N = {_sizes(r.not_learning)}" for r in tasks.itertuples()
              if r.not_learning]
     if gated:
-        parts.append(f"**Does not learn at this budget: {'; '.join(gated)}.** There {VANILLA}'s "
-                     "runs do not beat the constant predictor (the majority class) significantly "
-                     "over their seeds: those cells are shown below, but left out of the overall "
-                     "rank and of the primary comparisons.")
+        parts.append(f"**Does not learn at this budget: {'; '.join(gated)}.** In those cells "
+                     f"{VANILLA}'s runs do not beat the constant predictor (the majority class) "
+                     "significantly over their seeds: they are shown below, but left out of the "
+                     "overall rank and of the primary comparisons.")
     if m:
         parts.append(f"The primary comparisons were fixed in advance: each regularizer against "
                      f"{VANILLA} on each task, the sizes that learn pooled, paired by (size, "
@@ -198,8 +197,9 @@ def _headline_md(board: Leaderboard, forest: list[str]) -> str:
             parts += [head, f"No primary comparison: no paired runs of {VANILLA} and another "
                             "regularizer."]
             continue
-        pooled = (f"{len(mine)} comparisons, {r.pairs} pairs each (N = "
-                  f"{_sizes(mine.sizes.iloc[0])}, paired seeds)")
+        each = "" if mine.n_pairs.nunique() == 1 else "up to "
+        pooled = (f"{len(mine)} comparisons, each over {each}{r.pairs} (size, seed) pairs at "
+                  f"N = {_sizes(sorted(set().union(*mine.sizes)))}")
         power = (f"With {r.pairs} pairs the smallest p is {_p(r.smallest_p)}"
                  + (f", above Holm's first threshold ({alpha} / {m}): no comparison could have "
                     f"been significant" if r.smallest_p >= alpha / m else
@@ -220,7 +220,8 @@ def _headline_md(board: Leaderboard, forest: list[str]) -> str:
                             f"({pooled}):",
                       _table(rows, ["regularizer", f"mean Δ {VANILLA}",
                                     f"{CONFIDENCE:.0%} CI", "p", "p (Holm)"]),
-                      (f"The other {rest} do not differ detectably. " if rest else "") + power]
+                      (f"The other {rest} do not differ from {VANILLA} after Holm's correction. "
+                       if rest else "") + power]
     parts += [f"![{image}]({image})" for image in forest]
     return "\n\n".join(parts)
 
@@ -251,10 +252,10 @@ def _overall_md(board: Leaderboard) -> str:
             f"(within each, regularizers rank by mean test score; 1 is the best, ties share the "
             f"average place), over {scope}. The stability rank is aggregated the same way; the "
             "failure rate is over the same cells. Better / worse counts the primary comparisons "
-            f"that differ from {VANILLA} ({MARK}, see the headline); adjacent ranks without "
+            f"that differ from {VANILLA} (see the headline); adjacent ranks without "
             f"them are no evidence of a difference. {_stability_ties(board)}",
             _table(rows, ["rank", "regularizer", "mean score rank", "mean stability rank",
-                          "failure rate", f"better / worse than {VANILLA} ({MARK})",
+                          "failure rate", f"better / worse than {VANILLA} (primary)",
                           f"time × {VANILLA}"])]
     elif len(gated) == len(cells):
         parts.append("No (task, size) cell learns at this budget: no overall rank.")

@@ -18,6 +18,7 @@ from scipy import stats
 
 from regbench import leaderboard
 from regbench.board import _wall_seconds, build
+from regbench.cli import main
 from regbench.errors import RegbenchError
 from regbench.leaderboard import add_test_references, publish
 from regbench.markdown import render
@@ -44,6 +45,7 @@ from regbench.stats import (
     wilcoxon,
 )
 from regbench.store import Store
+from regbench.suite import load_suite
 
 # The test references the runner stores with each run (regbench.metrics.test_reference). A run
 # fails at or below the majority class's accuracy: RTE's 0.527; CoLA's 0.69, its MCC 0.
@@ -656,9 +658,9 @@ def test_header_states_machine_software_compute_plugins_and_methods(published):
     assert ("- **Statistics**: primary comparisons: two-sided sign-flip permutation test of the "
             "mean paired difference to vanilla, per (regularizer, task), the sizes that learn "
             "pooled, paired by (size, seed) (exact, all 2^n sign flips in 4), Holm over the 4 "
-            "primary comparisons, † at p (Holm) < 0.05; 95% Student-t interval of the mean over "
-            "seeds; per-cell tests: two-sided Wilcoxon signed-rank test against vanilla over "
-            "paired seeds, per cell, exploratory and uncorrected") in header
+            "primary comparisons, a difference at p (Holm) < 0.05; 95% Student-t interval of "
+            "the mean over seeds; per-cell tests: two-sided Wilcoxon signed-rank test against "
+            "vanilla over paired seeds, per cell, exploratory and uncorrected") in header
 
 
 def test_wall_time_counts_parallel_runs_once_and_leaves_out_pauses():
@@ -833,6 +835,25 @@ def test_the_publishing_modules_import_no_deep_learning_stack(module):
                     "'transformers') if m in sys.modules]; assert not loaded, loaded"], check=True)
 
 
+def test_the_leaderboard_command_completes_an_older_store_once(tmp_path, glue_dir, monkeypatch):
+    suite = tmp_path / "handmade.yaml"
+    suite.write_text("tasks: [rte]\nsizes: [100]\nfinal_seeds: [0, 1, 2, 3, 4]\n"
+                     "regularizers: [vanilla, l2sp]\n")
+    recipe = load_suite(str(suite)).recipe.as_dict()
+    rows = [{**row, "recipe": recipe, "test_reference": None}
+            for row in handmade_rows({("rte", 100): SCORES[("rte", 100)]})
+            if row["regularizer"] != "mixout"]
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    frame_of(rows, tmp_path)
+    command = ["leaderboard", "--suite", str(suite), "--storage", url, "--out"]
+    assert main([*command, str(tmp_path / "first"), "--data-dir", str(glue_dir)]) == 0
+    assert Store(url, create=False).frame().test_reference.notna().all()
+    monkeypatch.setenv("REGBENCH_GLUE_DIR", str(tmp_path / "no-glue"))  # no data any more
+    assert main([*command, str(tmp_path / "second")]) == 0
+    assert ((tmp_path / "first" / "handmade.md").read_text()
+            == (tmp_path / "second" / "handmade.md").read_text())
+
+
 def test_test_references_are_the_constant_predictor_on_the_test_half(glue_dir):
     # RTE: the training set's majority is entailment (1249 of 2490); the dev set holds 146
     # entailment of 277, and its stratified test half of 139 keeps the proportion, 73. CoLA's
@@ -910,10 +931,12 @@ def test_a_primary_comparison_that_differs_heads_the_board(tmp_path):
     assert primary.p_holm.to_dict() == pytest.approx({"a": 1 / 32, "b": 10 / 128})
     assert primary.significant.to_dict() == {"a": True, "b": False}
     headline = section(render(board, []), "## Headline")
-    assert "**1 of 2 differ from vanilla** (2 comparisons, 7 pairs each" in headline
+    assert ("**1 of 2 differ from vanilla** (2 comparisons, each over 7 (size, seed) pairs at "
+            "N = 300)") in headline
     # a's differences: mean 0.04, standard deviation 0.0216, t(0.975, 6) = 2.4469: ± 0.020.
     assert row_of(headline, "a") == ["a", "+0.040", "[+0.020, +0.060]", "0.016", "0.031"]
-    assert "The other 1 do not differ detectably. With 7 pairs the smallest p is 0.016" in headline
+    assert ("The other 1 do not differ from vanilla after Holm's correction. With 7 pairs the "
+            "smallest p is 0.016") in headline
     assert row_of(section(render(board, []), "## Overall"), "a")[5] == "1 / 0"
 
 
@@ -924,8 +947,8 @@ def test_a_board_that_can_reject_nothing_says_so_and_what_it_could_detect(tmp_pa
     task = board.tasks.iloc[0]
     assert (task.pairs, task.smallest_p, task.differ) == (3, 0.25, 0)
     headline = section(render(board, []), "## Headline")
-    assert ("**No regularizer differs from vanilla** (1 comparisons, 3 pairs each (N = 300, "
-            "paired seeds)). With 3 pairs the smallest p is 0.250, above Holm's first threshold "
+    assert ("**No regularizer differs from vanilla** (1 comparisons, each over 3 (size, seed) "
+            "pairs at N = 300). With 3 pairs the smallest p is 0.250, above Holm's first threshold "
             "(0.05 / 1): no comparison could have been significant.") in headline
 
 
