@@ -26,7 +26,7 @@ SUMMARY_COLUMNS = [*CELL, "sampler", "random_search", "configurations", "left_ou
 CURVE_COLUMNS = [*CELL, "trials", "expected_max"]
 # What it reads of the store's runs table.
 _STORE_COLUMNS = [*CELL, "phase", "seed", "status", "params", "regularizer_version",
-                  "validation_score", "provenance"]
+                  "validation_score", "provenance", "finished_at"]
 
 
 def expected_max(values: Sequence[float], budgets: Sequence[int]) -> np.ndarray:
@@ -114,8 +114,9 @@ def budget_curves(frame: pd.DataFrame, runs: pd.DataFrame,
 
 
 def _recorded_samplers(frame: pd.DataFrame) -> dict[tuple, dict[str, Any]]:
-    """The sampler each cell's tuning runs recorded, where they did."""
-    tuning = frame[frame.phase == "tune"]
+    """The sampler each cell's tuning runs recorded, where they did: the latest run's, as a
+    configuration's run may have been stored by another study of the same cell before."""
+    tuning = frame[frame.phase == "tune"].sort_values("finished_at", na_position="first")
     found = {}
     for task, n, regularizer, provenance in zip(tuning.task, tuning.n_train, tuning.regularizer,
                                                 tuning.provenance, strict=True):
