@@ -385,17 +385,18 @@ def _tuning_md(board: Leaderboard) -> str:
         "## Tuning budget",
         f"**Sampler**: {samplers}; a budget of {budget} trials, each scored by its mean "
         f"validation score over {' or '.join(map(str, seeds))} tuning "
-        f"seed{'s' if seeds != [1] else ''}. Below {2 * 10} trials TPE, which models the best "
-        "tenth of the trials apart from the rest after its 10 random start-up trials, cannot "
-        "learn: such a study is random search.",
-        f"**E[max] at n**: Dodge et al.'s (2019) expected best validation score of n trials drawn "
-        "from the study's own trials (the configurations it tried, each at its mean validation "
-        "score): with the values sorted v₁ ≤ … ≤ v_N, Σᵢ vᵢ ((i/N)ⁿ − ((i−1)/N)ⁿ). The ranks "
-        f"order the tuned regularizers of a (task, size) by it at 1 and at {budget} trials: where "
-        "they differ, the order depends on the budget. An untuned regularizer has no study and "
-        "is not ranked here. **seed / configuration spread**: the standard deviation of the "
-        "validation scores of the tuned configuration's final seeds, and that of the study's "
-        "configurations.",
+        f"seed{'s' if seeds != [1] else ''}. TPE models the best tenth of the trials apart "
+        "from the rest once its random start-up trials are done: regbench gives it a budget "
+        "only where that start-up is at most half the trials, and makes a smaller one random "
+        "search.",
+        "**E[max] at n**: Dodge et al.'s (2019) expected best validation score of n trials "
+        "drawn from the study's own trials (the configurations it tried, each once, at its mean "
+        "validation score): with the values sorted v₁ ≤ … ≤ v_N, "
+        "Σᵢ vᵢ ((i/N)ⁿ − ((i−1)/N)ⁿ). The ranks order the tuned regularizers of a (task, size) "
+        f"by it at 1 and at {budget} trials: where they differ, the order depends on the budget. "
+        "An untuned regularizer has no study and is not ranked here. **seed / configuration "
+        "spread**: the standard deviation of the validation scores of the tuned "
+        "configuration's final seeds, and that of the study's configurations.",
     ]
     wide = tuning.seed_spread >= tuning.configuration_spread
     if seeds == [1] or wide.mean() > 0.5:

@@ -5,7 +5,7 @@ the runs that move less score better, within cells, where task, size and regular
 Across cells the two are confounded: a cell that learns little can also move little, and a
 correlation pooled over cells measures that. Within a cell only the seed differs.
 
-pandas, NumPy and SciPy only, as the board that reads it.
+No deep-learning stack, as the board that reads it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def noise_curves(runs: pd.DataFrame) -> pd.DataFrame:
             tables = [m[field] for m in group.noise_stability if m.get(field) is not None]
             if tables:
                 stack = np.array(tables, dtype=float)  # runs × i × (k − 1)
-                found[name] = (stack.mean(axis=0), _std(stack), len(stack))
+                # Six decimals, as the cells' mean tables: a thousandth of a percent.
+                found[name] = (stack.mean(axis=0).round(6), _std(stack).round(6), len(stack))
         depth = len(next(iter(found.values()))[0]) if found else 0
         for i in range(depth):
             for k in range(i + 1, depth + 1):

@@ -48,7 +48,9 @@ def figures(board: Leaderboard) -> dict[str, Figure]:
             drawn[f"{task}-noise"] = _noise(runs, overall.iloc[0], colors, task)
     for kind, frame, draw in (("layers", board.noise_curves, _layers),
                               ("budget", board.tuning_curves, _budget)):
-        for task, mine in frame.groupby("task", sort=False) if len(frame) else ():
+        if frame.empty:
+            continue
+        for task, mine in frame.groupby("task", sort=False):
             drawn[f"{task}-{kind}"] = draw(mine, colors, task)
     return drawn
 

@@ -90,9 +90,8 @@ def make_sampler(tuning: Tuning, slot: int) -> optuna.samplers.BaseSampler:
     """The sampler of the trial in `slot`. Its random draws are seeded by the slot as well as the
     suite, so workers that sample at once draw apart, where one seed would give them all the same
     first random trial; and one worker alone draws the same trials on every rerun. The constant
-    liar counts running trials as bad, so parallel trials also spread once TPE takes over. A
-    Sobol sequence is one sequence for the whole study, whatever the slot: its scrambling is
-    seeded by the suite alone, and the study counts the points drawn."""
+    liar counts running trials as bad, so parallel trials also spread once TPE takes over. Random
+    search takes the slot's point of one Sobol sequence, scrambled by the suite's seed alone."""
     settings = tuning.sampler()
     seed = int(np.random.SeedSequence([tuning.sampler_seed, slot]).generate_state(1)[0])
     if settings["sampler"] == "tpe":
@@ -100,9 +99,23 @@ def make_sampler(tuning: Tuning, slot: int) -> optuna.samplers.BaseSampler:
                                           constant_liar=settings["constant_liar"])
     with warnings.catch_warnings():  # experimental since Optuna 3.0, a warning every trial
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.QMCSampler(
-            qmc_type=settings["qmc_type"], scramble=settings["scramble"], seed=tuning.sampler_seed,
-            independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+        return _SlotSobol(slot, qmc_type=settings["qmc_type"], scramble=settings["scramble"],
+                          seed=tuning.sampler_seed,
+                          independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+
+
+class _SlotSobol(optuna.samplers.QMCSampler):
+    """Optuna's QMCSampler, drawing the point of its trial's slot. Optuna counts the points a
+    study has drawn, read and written in two calls, so workers that sample at once can draw one
+    point twice and train one configuration twice; each slot is one worker's. Slot 0 is the
+    plugin's defaults, and its point goes unused."""
+
+    def __init__(self, slot: int, **options: Any):
+        super().__init__(**options)
+        self._slot = slot
+
+    def _find_sample_id(self, study: optuna.Study, search_space: dict) -> int:
+        return self._slot
 
 
 def slot_key(study_name: str, slot: int) -> str:

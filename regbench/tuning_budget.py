@@ -1,7 +1,7 @@
 """How far a board's ranks depend on the tuning budget: Dodge et al.'s (2019) expected maximum
 validation score of n trials, from each study's own trials, the tuning runs in the store.
 
-pandas and NumPy only, as the board that reads it.
+No deep-learning stack, as the board that reads it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ SUMMARY_COLUMNS = [*CELL, "sampler", "random_search", "configurations", "left_ou
                    "tuning_seeds", "budget", "expected_max_1", "expected_max_budget",
                    "rank_at_1", "rank_at_budget", "seed_spread", "configuration_spread"]
 CURVE_COLUMNS = [*CELL, "trials", "expected_max"]
+# What it reads of the store's runs table.
+_STORE_COLUMNS = [*CELL, "phase", "seed", "status", "params", "regularizer_version",
+                  "validation_score", "provenance", "finished_at"]
 
 
 def expected_max(values: Sequence[float], budgets: Sequence[int]) -> np.ndarray:
@@ -76,6 +79,7 @@ def budget_curves(frame: pd.DataFrame, runs: pd.DataFrame,
     untuned cell has no study, and no curve: its validation scores come from other seeds than
     the studies' and would not compare. Returns (one row per cell, one row per cell and number
     of trials)."""
+    frame = frame.reindex(columns=_STORE_COLUMNS)
     tried = configurations(frame, runs)
     scored = tried[tried.complete]
     budget = int(budget or (scored.groupby(CELL).size().max() if len(scored) else 1))
@@ -110,8 +114,9 @@ def budget_curves(frame: pd.DataFrame, runs: pd.DataFrame,
 
 
 def _recorded_samplers(frame: pd.DataFrame) -> dict[tuple, dict[str, Any]]:
-    """The sampler each cell's tuning runs recorded, where they did."""
-    tuning = frame[frame.phase == "tune"]
+    """The sampler each cell's tuning runs recorded, where they did: the latest run's, as a
+    configuration's run may have been stored by another study of the same cell before."""
+    tuning = frame[frame.phase == "tune"].sort_values("finished_at", na_position="first")
     found = {}
     for task, n, regularizer, provenance in zip(tuning.task, tuning.n_train, tuning.regularizer,
                                                 tuning.provenance, strict=True):

@@ -45,3 +45,15 @@ def test_random_search_spreads_its_trials_as_one_sobol_sequence():
     assert xs[0] == 0.5 and len(set(xs)) == 8
     assert len({int(x * 8) for x in xs[1:]}) == 7
     assert _study(8) == xs
+
+
+def test_a_random_search_trial_is_its_slots_whatever_ran_before():
+    """Workers that sample at once cannot draw one point twice: a slot's point does not depend
+    on what the study drew before it."""
+    tuning = Tuning(trials=8, pruner="none", sampler_seed=7)
+    xs = _study(8)
+    study = optuna.create_study(direction="maximize")
+    for slot in (0, 5, 2):
+        trial = start_trial(study, slot, {"x": 0.5}, tuning)
+        study.tell(trial, -abs(trial.suggest_float("x", 0.0, 1.0) - 0.3))
+    assert [t.params["x"] for t in study.trials] == [xs[0], xs[5], xs[2]]

@@ -25,7 +25,8 @@ def brute_force(values: list[float], n: int) -> float:
     return float(np.mean([max(draw) for draw in draws]))
 
 
-@pytest.mark.parametrize("values", [[0.3], [0.1, 0.5], [0.2, 0.7, 0.4, 0.4], [0.9, 0.1, 0.5, 0.3, 0.6]])
+@pytest.mark.parametrize("values", [[0.3], [0.1, 0.5], [0.2, 0.7, 0.4, 0.4],
+                                    [0.9, 0.1, 0.5, 0.3, 0.6]])
 def test_expected_max_is_the_mean_best_of_every_draw(values):
     budgets = range(1, 6)
     got = expected_max(values, budgets)
