@@ -368,10 +368,6 @@ def _cells_md(board: Leaderboard) -> str:
     return "\n\n".join(parts)
 
 
-def _p(x: float) -> str:
-    return "–" if pd.isna(x) else "< 0.001" if x < 0.001 else f"{x:.3f}"
-
-
 def _tuning_md(board: Leaderboard) -> str:
     """How far each cell's rank depends on the tuning budget (regbench.tuning_budget)."""
     tuning = board.tuning

@@ -28,7 +28,6 @@ from regbench.board import (
     task_label,
 )
 from regbench.markdown import (
-    MARK,
     TIED,
     _header,
     _num,
@@ -112,10 +111,10 @@ def _cell_classes(row) -> str:
 
 def overall_table(board: Leaderboard) -> Table:
     columns = [
+        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
         Column("rank", "The overall rank: the mean score rank over the cells every ranked "
                "regularizer completed (1 is the best)", lambda r: r.rank,
                lambda v: _rank_text(v.rank)),
-        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
         Column("mean score rank", "Mean over the cells of the rank by mean test score",
                lambda r: r.mean_rank_score, lambda v: _num(v.mean_rank_score, 2)),
         Column("mean stability rank", "Mean over the cells of the rank by failure rate, then "
@@ -123,7 +122,7 @@ def overall_table(board: Leaderboard) -> Table:
                lambda r: r.mean_rank_stability, lambda v: _num(v.mean_rank_stability, 2)),
         Column("failure rate", "Runs no better than the majority class, diverged or crashed",
                lambda r: r.failure_rate, lambda v: _percent(v.failure_rate)),
-        Column(f"better / worse than {VANILLA} ({MARK})",
+        Column(f"better / worse than {VANILLA} (primary)",
                f"Primary comparisons that differ from {VANILLA} after Holm's correction",
                lambda r: r.better_than_vanilla - r.worse_than_vanilla,
                lambda v: "–" if v.regularizer == VANILLA else
@@ -209,9 +208,9 @@ def cells_table(board: Leaderboard) -> Table:
 
 def runs_table(board: Leaderboard) -> Table:
     columns = [
+        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
         Column("task", "", lambda r: task_label(r.task), numeric=False),
         Column("N", "Training examples", lambda r: r.n_train),
-        Column("regularizer", "", lambda r: r.regularizer, numeric=False),
         Column("seed", "", lambda r: r.seed),
         Column("outcome", "finished; failed: no better than the majority class; diverged; "
                "crashed; missing: planned, no result", charts.outcome, numeric=False),
@@ -354,7 +353,7 @@ def board_page(board: Leaderboard, name: str) -> str:
         tuning=tuning_table(board) if len(board.tuning) else None,
         problems=len(problems[problems.status != MISSING]),
         missing=int((board.runs.status == MISSING).sum()),
-        mark=MARK, plotly_js=Markup(get_plotlyjs()), style=_asset("page.css"),
+        plotly_js=Markup(get_plotlyjs()), style=_asset("page.css"),
         script=_asset("page.js"))
 
 
