@@ -87,7 +87,9 @@ def _hover(run) -> str:
     lines = [f"<b>{run.regularizer}</b>, N = {run.n_train}, seed {run.seed}",
              f"score {run.score:.4f} ({outcome(run)})"]
     if run.status != FINISHED:
-        lines[-1] += ", counted at the majority class"
+        lines[-1] += ", counted at the constant predictor's score"
+    if pd.notna(run.accuracy):
+        lines.append(f"accuracy {run.accuracy:.4f}")
     lines.append(f"hyperparameters: {params_text(run.params)}")
     if pd.notna(run.noise):
         lines.append(f"noise sensitivity {run.noise:.4f}")

@@ -214,8 +214,10 @@ def runs_table(board: Leaderboard) -> Table:
         Column("seed", "", lambda r: r.seed),
         Column("outcome", "finished; failed: no better than the majority class; diverged; "
                "crashed; missing: planned, no result", charts.outcome, numeric=False),
-        Column("score", "The test score, or the majority class's for a diverged or crashed run",
-               lambda r: r.score, lambda v: _num(v.score, 4)),
+        Column("score", "The test score, or the constant predictor's for a diverged or crashed "
+               "run", lambda r: r.score, lambda v: _num(v.score, 4)),
+        Column("accuracy", "Test accuracy (classification), which decides a failure",
+               lambda r: r.accuracy, lambda v: _num(v.accuracy, 4)),
         Column("noise", "Noise sensitivity", lambda r: r.noise, lambda v: _num(v.noise, 4)),
         Column("seconds", "", lambda r: r.seconds, lambda v: _num(v.seconds, 1)),
         Column("hyperparameters", "", lambda r: charts.params_text(r.params), numeric=False),
@@ -315,16 +317,29 @@ def _correlations(board: Leaderboard, task: str) -> list[dict]:
             for r in found[found.task == task].itertuples()]
 
 
+def failure_rule(task) -> str:
+    """When a run of the task fails, from its row of `Leaderboard.tasks`, as protocol.md says."""
+    reference = task.reference
+    if task.regression:
+        return (f"a run fails when its Pearson r is at or below {_num(task.failure_line)}, the "
+                f"least r significantly above 0 (one-sided) over its "
+                f"{reference['test_size']} test pairs")
+    majority = reference["label_counts"][reference["constant_prediction"]]
+    return (f"a run fails when its test accuracy is at or below the majority class's, "
+            f"{_num(task.failure_line)} ({majority} of {reference['test_size']}); the dashed "
+            f"line is that predictor's {task.metric}, {_num(task.baseline)}")
+
+
 def _tasks(board: Leaderboard) -> list[dict]:
-    """Per task, its figures and its noise correlations."""
+    """Per task, its failure rule, its figures and its noise correlations."""
+    rules = {t.task: failure_rule(t) for t in board.tasks.itertuples()}
     tasks = []
     for task in board.cells.task.unique():
         drawn = {"seeds": charts.seeds(board, task), "sizes": charts.sizes(board, task),
                  "noise": charts.noise(board, task), "layers": charts.layers(board, task),
                  "budget": charts.budget(board, task)}
         tasks.append({"task": task, "label": task_label(task), "metric": metric_name(task),
-                      "baseline": board.provenance["baselines"][task],
-                      "correlations": _correlations(board, task),
+                      "rule": rules[task], "correlations": _correlations(board, task),
                       "figures": {kind: _figure(figure, f"{task}-{kind}")
                                   for kind, figure in drawn.items() if figure is not None}})
     return tasks

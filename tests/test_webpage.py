@@ -68,6 +68,9 @@ def test_the_page_and_the_index_are_written_with_the_board(site):
     board, out = site
     html = (out / "handmade.html").read_text()
     assert json.loads((out / "handmade.json").read_text())["page"] == "handmade.html"
+    # Each task's failure rule, from its stored test reference (CoLA: 361 of 522 in the majority).
+    assert ("CoLA a run fails when its test accuracy is at or below the majority class&#39;s, "
+            "0.690 (361 of 522)") in " ".join(html.split())
     # plotly.js once, whatever the number of figures.
     assert html.count("* plotly.js v") == 1
     assert re.findall(r'<div class="figure" data-figure="([\w-]+)"', html) == FIGURES
