@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import pandas as pd
@@ -30,14 +31,17 @@ from regbench.board import (
 from regbench.markdown import (
     TIED,
     _header,
+    _moment,
     _num,
     _p,
     _params,
     _percent,
     _rank_text,
+    _seeds,
     _setting,
 )
 from regbench.stats import CONFIDENCE, INTERVAL
+from regbench.store import DIVERGED, FAILED
 
 # The figures keep their toolbar (zoom, pan, download as PNG) but not the link to Plotly's site.
 _PLOT_CONFIG = {"responsive": True, "displaylogo": False}
@@ -66,7 +70,6 @@ class Table:
     rows: list[Any]
     filters: Callable[[Any], dict[str, Any]]  # a row's task, size and regularizer, where it has
     classes: Callable[[Any], str] = lambda row: ""
-    caption: str = ""
     body: list[dict] = field(init=False)
 
     def __post_init__(self):
@@ -79,23 +82,14 @@ class Table:
 def _sort_key(value: Any) -> str:
     """The cell's data-sort attribute: a number as written by repr, text as is; empty for none
     (sorted last whichever the direction)."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or (isinstance(value, Real) and pd.isna(value)):
         return ""
-    if isinstance(value, bool):
-        return str(int(value))
-    return repr(float(value)) if isinstance(value, (int, float)) else str(value)
+    return repr(float(value)) if isinstance(value, Real) else str(value)
 
 
 def _figure(figure, name: str) -> Markup:
     return Markup(figure.to_html(full_html=False, include_plotlyjs=False, config=_PLOT_CONFIG,
                                  div_id=f"plot-{name}"))
-
-
-def _seeds_text(row) -> str:
-    text = f"{row.n_completed}/{row.n_planned}"
-    outright = [f"{count} {what}" for count, what in ((row.n_diverged, "diverged"),
-                                                      (row.n_crashed, "crashed")) if count]
-    return text + (f" ({', '.join(outright)})" if outright else "")
 
 
 def _cell_classes(row) -> str:
@@ -161,7 +155,7 @@ def cells_table(board: Leaderboard) -> Table:
                "seeds (one-sided p); a cell that does not is left out of the overall rank and "
                "of the primary comparisons", lambda r: r.gate_p, _learns),
         Column("overall", "Whether the cell counts in the overall rank: it learns, and every "
-               "ranked regularizer completed it", lambda r: r.in_overall,
+               "ranked regularizer completed it", lambda r: int(r.in_overall),
                lambda v: "yes" if v.in_overall else "no"),
         Column("score rank", "Rank by mean test score within the cell (1 is the best)",
                lambda r: r.rank_score, lambda v: _rank_text(v.rank_score)),
@@ -192,8 +186,9 @@ def cells_table(board: Leaderboard) -> Table:
                "chi-square interval", lambda r: r.std_not_failed,
                lambda v: f"{_num(v.std_not_failed)} [{_num(v.spread_low)}, "
                          f"{_num(v.spread_high)}]"),
+        # The markdown's text, without its bold: the row's color says a cell is incomplete.
         Column("seeds", "Runs with a result over planned runs", lambda r: r.n_completed,
-               _seeds_text),
+               lambda v: _seeds(v).strip("*")),
         Column("noise", "Mean noise sensitivity of the finished runs", lambda r: r.noise,
                lambda v: _num(v.noise)),
         Column(f"time × {VANILLA}", f"Wall time of a run over {VANILLA}'s",
@@ -350,7 +345,6 @@ def board_page(board: Leaderboard, name: str) -> str:
     sentence, facts = _facts(board)
     cells = board.cells
     verdicts = headline(board)
-    problems = board.runs[board.runs.status != "finished"]
     return _environment.get_template("board.html.j2").render(
         title=f"Leaderboard: {board.meta.get('suite', name)}", name=name, board=board,
         sentence=sentence, facts=facts, meta=[(k, _setting(v)) for k, v in board.meta.items()],
@@ -366,7 +360,7 @@ def board_page(board: Leaderboard, name: str) -> str:
         colors=charts.palette(board) if not cells.empty else {},
         overall=overall_table(board), cells=cells_table(board), runs=runs_table(board),
         tuning=tuning_table(board) if len(board.tuning) else None,
-        problems=len(problems[problems.status != MISSING]),
+        problems=int(board.runs.status.isin([DIVERGED, FAILED]).sum()),
         missing=int((board.runs.status == MISSING).sum()),
         plotly_js=Markup(get_plotlyjs()), style=_asset("page.css"),
         script=_asset("page.js"))
@@ -407,17 +401,13 @@ def headline_of(document: dict) -> list[str]:
                     f"{runs_shown(document['provenance'])} final runs"]
 
 
-def _moment(iso: str | None) -> str:
-    return pd.Timestamp(iso).strftime("%Y-%m-%d %H:%M UTC") if iso else "–"
-
-
 def index_page(documents: dict[str, dict]) -> str:
     """The index of the boards published in a folder, from their JSON documents by name."""
     boards = []
     for name, document in sorted(documents.items()):
         meta, provenance = document.get("meta", {}), document["provenance"]
         boards.append({"name": name, "suite": meta.get("suite", name),
-                       "date": meta.get("date") or _moment(provenance.get("generated")),
+                       "date": meta.get("date") or _moment(provenance["generated"]),
                        "trained": [(provenance.get("first_run") or "")[:10],
                                    (provenance.get("last_run") or "")[:10]],
                        "model": meta.get("model"), "headline": headline_of(document),
