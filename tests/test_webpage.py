@@ -277,6 +277,13 @@ def test_a_crashed_run_and_a_missing_cell_show_as_such(page):
     assert "triangle-down" in symbols
 
 
+def test_the_page_logged_no_error_through_the_tests_above(page, site):
+    """Sorting, filtering, hovering and redrawing (run before this, in file order) under the
+    page's content security policy, which allows no request and no eval."""
+    _, out = site
+    assert page.errors == [] and page.requests == [(out / "handmade.html").as_uri()]
+
+
 def test_on_a_phone_only_the_tables_scroll_sideways(browser, site):
     _, out = site
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
