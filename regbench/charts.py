@@ -58,9 +58,14 @@ def _stacked(titles: list[str], panel: int, top: int = 140) -> tuple[go.Figure, 
                          subplot_titles=titles), height
 
 
-def _baseline(figure: go.Figure, threshold: float, **where) -> None:
-    figure.add_hline(threshold, line={"color": "grey", "dash": "dash", "width": 1},
-                     annotation_text="majority baseline (failure)",
+def _baseline(figure: go.Figure, board: Leaderboard, task: str, **where) -> None:
+    """The line the plots draw for a task: a regression's failure line, or the majority-class
+    predictor's score (a classification run fails by its accuracy, which the axis does not
+    show)."""
+    regression = board.tasks.set_index("task").regression.get(task, False)
+    figure.add_hline(board.provenance["baselines"][task],
+                     line={"color": "grey", "dash": "dash", "width": 1},
+                     annotation_text="failure line" if regression else "majority class",
                      annotation_position="bottom right", annotation_font_color="grey", **where)
 
 
@@ -141,7 +146,7 @@ def seeds(board: Leaderboard, task: str) -> go.Figure:
                         "line": {"width": 1.5, "color": color}},
                 text=[_hover(r) for r in scored.itertuples()],
                 hovertemplate="%{text}<extra></extra>"), row=row, col=1)
-        _baseline(figure, board.provenance["baselines"][task], row=row, col=1)
+        _baseline(figure, board, task, row=row, col=1)
         labels = []
         for regularizer in order:
             mine = runs[(runs.n_train == n) & (runs.regularizer == regularizer)]
@@ -175,7 +180,7 @@ def sizes(board: Leaderboard, task: str) -> go.Figure | None:
             hovertemplate=f"<b>{regularizer}</b>, N = %{{x}}<br>mean %{{y:.4f}} ± "
                           "%{error_y.array:.4f}<br>%{customdata[0]}/%{customdata[1]} seeds"
                           "<extra></extra>"))
-    _baseline(figure, board.provenance["baselines"][task])
+    _baseline(figure, board, task)
     figure.update_xaxes(type="log", tickvals=sorted(cells.n_train.unique()),
                         title_text="training examples N (log scale)")
     figure.update_yaxes(title_text="mean test score ± std")
