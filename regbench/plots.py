@@ -106,8 +106,9 @@ def _colors(regularizers: pd.Series) -> dict[str, tuple]:
 
 
 def _baseline(ax, threshold: float) -> None:
+    """The board's failure line on the score's scale (`Leaderboard.tasks.baseline`)."""
     ax.axhline(threshold, color="grey", linestyle="--", linewidth=1,
-               label="majority baseline (failure)")
+               label="majority class's score / least significant r")
 
 
 def _floor_span(ax) -> None:
@@ -181,7 +182,8 @@ def _seeds(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float,
             ax.scatter(x + jitter, scores, color=colors[regularizer], s=14, zorder=3)
         _baseline(ax, threshold)
         ax.set_xticks(range(len(regularizers)), labels=labels, rotation=45, ha="right")
-        ax.set_title(f"N = {n}")
+        gated = cells.learns[cells.n_train == n].eq(False).any()
+        ax.set_title(f"N = {n}" + (": does not learn at this budget" if gated else ""))
         ax.grid(axis="y", alpha=0.3)
     _floor_span(axes[0])  # the axes share it
     axes[0].set_ylabel("test score per seed")

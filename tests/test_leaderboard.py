@@ -538,6 +538,9 @@ def test_a_cell_that_does_not_learn_is_shown_but_left_out_of_rank_and_comparison
     assert "**Does not learn at this budget: CoLA N = 100.**" in section(markdown, "## Headline")
     assert "#### N = 100 — does not learn at this budget (p = 0.187)" in markdown
     assert "(not learning: CoLA N=100)" in section(markdown, "## Overall")
+    drawn = figures(board)
+    assert drawn["cola-seeds"].axes[0].get_title() == "N = 100: does not learn at this budget"
+    assert drawn["rte-seeds"].axes[0].get_title() == "N = 100"
 
 
 HARD_AND_EASY = {("rte", 100): {"vanilla": STEADY, "steady": [0.61, 0.63, 0.59, 0.65, 0.62],
