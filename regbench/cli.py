@@ -248,13 +248,23 @@ def _missing_final_runs(suite, frame) -> int:
 
 
 def cmd_leaderboard(args) -> None:
-    from regbench.leaderboard import publish_suite
+    from regbench.leaderboard import add_test_references, publish_suite
     from regbench.store import Store, storage_url
     from regbench.suite import load_suite
 
     suite = load_suite(args.suite)
-    frame = Store(storage_url(suite.name, args.storage), create=False).frame(suite.name)
-    path = publish_suite(suite, frame, args.out, args.data_dir, force=args.force)
+    url = storage_url(suite.name, args.storage)
+    frame = Store(url, create=False).frame(suite.name)
+    # A store from before runs kept their test reference: computed from the data once, and
+    # stored, so that the next board needs the store alone.
+    frame, computed = add_test_references(frame, list(suite.tasks), args.data_dir)
+    if computed:
+        try:
+            Store(url).set_test_references(computed)
+        except RegbenchError as err:
+            log.warning("the test references of %s were not added to the store (%s); the next "
+                        "board will need the data again", ", ".join(computed), err)
+    path = publish_suite(suite, frame, args.out, force=args.force)
     print(f"leaderboard written to {path}, from the {len(frame)} runs stored for suite "
           f"{suite.name} (its final runs in the plan are shown)")
 

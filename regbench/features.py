@@ -20,6 +20,7 @@ import torch
 
 from regbench.data import check_examples, describe_source, glue_dir, load_raw
 from regbench.errors import RegbenchError
+from regbench.metrics import test_reference
 from regbench.modeling import load_tokenizer
 from regbench.splits import DEV_SPLIT_SEED, split_dev, subsample
 from regbench.tasks import Task
@@ -190,6 +191,7 @@ class TaskData:
     train: Examples
     validation: Examples
     test: Examples
+    reference: dict  # regbench.metrics.test_reference: what the test scores are judged against
 
     @classmethod
     def prepare(cls, task: Task, features: datasets.DatasetDict, n_train: int,
@@ -200,7 +202,9 @@ class TaskData:
                    Examples.select(features["train"],
                                    subsample(task, train_labels, n_train, data_seed)),
                    Examples.select(features["dev"], validation),
-                   Examples.select(features["dev"], test))
+                   Examples.select(features["dev"], test),
+                   test_reference(task, train_labels,
+                                  np.asarray(features["dev"]["label"])[test]))
 
     def validation_sample(self, size: int) -> Examples:
         """The validation half, or a stratified sample of `size` of its examples, the same for

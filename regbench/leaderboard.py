@@ -1,8 +1,10 @@
-"""Publishing a suite's leaderboard: the board (regbench.board) written as markdown, CSV, JSON
-and plots, every file whole, and a published board never replaced by a smaller one unasked.
+"""Publishing a suite's leaderboard: the board (regbench.board) written as markdown, CSV, JSON,
+plots and a web page, with the folder's index of pages, every file whole, and a published board
+never replaced by a smaller one unasked.
 
 Neither this module nor what it imports loads torch or transformers: a stored board is published
-without a deep-learning stack.
+without a deep-learning stack, and from the store alone, as each run holds the test reference it is
+judged against. Runs stored before that get it from the data, once (`add_test_references`).
 """
 
 from __future__ import annotations
@@ -10,19 +12,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from regbench import plots
+from regbench import plots, webpage
 from regbench.board import build, runs_shown
 from regbench.data import load_raw
 from regbench.errors import RegbenchError
 from regbench.markdown import render
-from regbench.metrics import majority_baseline
+from regbench.metrics import test_reference
 from regbench.splits import split_dev
 from regbench.store import runs_of_setup
 from regbench.tasks import get_task
@@ -32,15 +33,16 @@ if TYPE_CHECKING:
 
 
 def publish(frame: pd.DataFrame, expected: pd.DataFrame | None, out_dir: Path, name: str,
-            meta: dict, baselines: dict[str, float], force: bool = False) -> Path:
-    """Write `<name>.md`, `.csv` (one row per cell), `.json` (everything) and `<name>-*.png` into
-    `out_dir` from the final runs of `frame` (the store's runs table); returns the markdown path.
+            meta: dict, force: bool = False) -> Path:
+    """Write `<name>.md`, `.csv` (one row per cell), `.json` (everything), `.html` (the web
+    page) and `<name>-*.png` into `out_dir` from the final runs of `frame` (the store's runs
+    table), and the folder's `index.html`; returns the markdown path.
 
-    See `regbench.board.build` for `expected` and `baselines`. A board already published there
-    with more runs is replaced only when `force` is set.
+    See `regbench.board.build` for `expected`. A board already published there with more runs is
+    replaced only when `force` is set.
     """
     out_dir = Path(out_dir)
-    board = build(frame, expected, baselines, meta)
+    board = build(frame, expected, meta)
     published = out_dir / f"{name}.json"
     before, old_images = _published(published, force)
     shown = runs_shown(board.provenance)
@@ -49,11 +51,14 @@ def publish(frame: pd.DataFrame, expected: pd.DataFrame | None, out_dir: Path, n
                             "the storage right? Pass --force to replace it.")
     images = {f"{name}-{key}.png": plots.png(figure)
               for key, figure in plots.figures(board).items()}
-    document = {**board.to_json(), "images": list(images)}
-    # The markdown last: it names the images, which are then in place.
+    document = {**board.to_json(), "images": list(images), "page": f"{name}.html"}
+    boards = webpage.published_documents(out_dir, {name: document})
+    # The markdown and the pages last: they name the other files, which are then in place.
     files = {**images, f"{name}.csv": board.cells.to_csv(index=False).encode(),
              published.name: json.dumps(document, indent=1, default=str).encode(),
-             f"{name}.md": render(board, list(images)).encode()}
+             f"{name}.md": render(board, list(images)).encode(),
+             f"{name}.html": webpage.board_page(board, name).encode(),
+             "index.html": webpage.index_page(boards).encode()}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_whole(out_dir, files)
     for image in set(old_images) - set(images):
@@ -97,22 +102,45 @@ def _write_whole(out_dir: Path, files: dict[str, bytes]) -> None:
             Path(temporary).unlink(missing_ok=True)
 
 
-def baselines_of(tasks: list[str], data_dir: str | None = None) -> dict[str, float]:
-    """The majority-class predictor's score on each task's test half: a run that does no
-    better has failed."""
-    baselines = {}
+def references_of(tasks: list[str], data_dir: str | None = None) -> dict[str, dict]:
+    """Each task's test reference (`regbench.metrics.test_reference`), computed from its data."""
+    references = {}
     for name in tasks:
         task = get_task(name)
         raw = load_raw(task, data_dir)
         _, test = split_dev(task, raw["dev"]["label"])
-        baselines[name] = majority_baseline(task, raw["train"]["label"],
-                                            np.asarray(raw["dev"]["label"])[test])
-    return baselines
+        references[name] = test_reference(task, raw["train"]["label"],
+                                          np.asarray(raw["dev"]["label"])[test])
+    return references
+
+
+def add_test_references(frame: pd.DataFrame, tasks: list[str],
+                        data_dir: str | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """`frame` with a test reference for every run of `tasks` stored without one (by a regbench
+    that kept none), computed from the data, and those computed, to be stored. An error in one
+    line names what is missing when the data cannot be read."""
+    if "test_reference" not in frame:
+        frame = frame.assign(test_reference=None)
+    lacking = sorted(set(frame.task[frame.test_reference.isna()]) & set(tasks))
+    if not lacking:
+        return frame, {}
+    try:
+        found = references_of(lacking, data_dir)
+    except RegbenchError as err:
+        raise RegbenchError(
+            f"The runs of {', '.join(lacking)} were stored without their test half's reference "
+            "(size, label counts, majority-class scores), which the board needs; computing it "
+            f"needs the task's data, and: {err}") from err
+    missing = frame.test_reference.isna() & frame.task.isin(lacking)
+    frame = frame.copy()
+    frame.loc[missing, "test_reference"] = frame.task[missing].map(found)
+    return frame, found
 
 
 def publish_suite(suite: Suite, frame: pd.DataFrame, out_dir: Path,
-                  data_dir: str | None = None, force: bool = False) -> Path:
-    """`publish` for one suite: its plan, the failure baselines of its tasks, and its runs."""
+                  force: bool = False) -> Path:
+    """`publish` for one suite: its plan and its runs, which must hold their test references
+    (see `add_test_references`)."""
     # This setup's runs alone, as the header will describe it.
     frame = runs_of_setup(frame, suite)
     expected = pd.DataFrame(
@@ -121,7 +149,5 @@ def publish_suite(suite: Suite, frame: pd.DataFrame, out_dir: Path,
         columns=["regularizer", "task", "n_train", "seed"])
     meta = {"suite": suite.name, "description": suite.description.strip(), "model": suite.model,
             "recipe": suite.recipe.as_dict(), "tuning": vars(suite.tuning),
-            "final_seeds": list(suite.final_seeds), "tuning_seeds": list(suite.tuning_seeds),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    return publish(frame, expected, out_dir, suite.name, meta,
-                   baselines_of(list(suite.tasks), data_dir), force)
+            "final_seeds": list(suite.final_seeds), "tuning_seeds": list(suite.tuning_seeds)}
+    return publish(frame, expected, out_dir, suite.name, meta, force)

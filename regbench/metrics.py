@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -40,13 +42,19 @@ def compute_metrics(task: Task, predictions, references) -> dict[str, float]:
             for name in (task.metric, *task.extra_metrics)}
 
 
-STSB_FAILURE = 0.1  # protocol.md: a correlation this low is a failed STS-B run
-
-
-def majority_baseline(task: Task, train_labels, test_labels) -> float:
-    """The primary score of predicting the most frequent training label on the test half: a run
-    that does no better has failed (for CoLA this is an MCC of 0)."""
+def test_reference(task: Task, train_labels, test_labels) -> dict[str, Any]:
+    """What the leaderboard judges a run's test scores against, stored with the run: the test
+    half's size and label counts, and the scores of the constant predictor (the most frequent
+    training label, or the mean training score for regression) on it. A classification run fails
+    at or below its accuracy; a regression run's correlation is tested at the half's size."""
+    train, test = np.asarray(train_labels), np.asarray(test_labels)
     if task.is_regression:
-        return STSB_FAILURE
-    majority = np.bincount(np.asarray(train_labels, dtype=int)).argmax()
-    return compute_metrics(task, np.full(len(test_labels), majority), test_labels)[task.metric]
+        constant, counts = float(train.mean()), None
+    else:
+        constant = int(np.bincount(train.astype(int)).argmax())
+        counts = np.bincount(test.astype(int), minlength=task.num_labels).tolist()
+    scores = compute_metrics(task, np.full(len(test), constant), test)
+    if not task.is_regression:
+        scores["accuracy"] = METRICS["accuracy"](np.full(len(test), constant), test)
+    return {"test_size": len(test), "label_counts": counts, "constant_prediction": constant,
+            "constant_scores": scores}

@@ -4,9 +4,10 @@ Hua et al. inject Gaussian noise of 5% of a layer's output norm into that layer 
 every layer above it moves; models that generalise better move less in the top layers. After
 training, in eval mode, on a fixed slice of the test half: noise of `SCALE` × each token's norm is
 added at layer i (the embedding output is layer 0), the layers above are run again from there, and
-the relative change ‖h̃_k − h_k‖ / ‖h_k‖ of every layer k > i is averaged over the real tokens and
-`DRAWS` noise draws of a fixed seed. A run's summary is the change of the last layer for noise at
-the embedding output.
+the L2 distance ‖h̃_k − h_k‖ and the relative change ‖h̃_k − h_k‖ / ‖h_k‖ of every layer k > i are
+averaged over the real tokens and `DRAWS` noise draws of a fixed seed. Noise of 5% of each token's
+norm is noise of 5% of the layer's output norm, over the tokens together as well. A run's summary
+is the relative change of the last layer for noise at the embedding output.
 
 The layers are rerun with the arguments of their own clean call (attention mask and all), caught
 by forward pre-hooks, in fp32 whatever the run's precision: the changes measured are a few percent,
@@ -35,9 +36,10 @@ BATCH = 32
 @torch.no_grad()
 def noise_stability(model: torch.nn.Module, examples: Examples, pad_id: int,
                     device: torch.device, scale: float = SCALE) -> dict[str, Any]:
-    """`{"table": rows, "summary": change, "settings": …}` for `model` on the first `EXAMPLES`
-    of `examples`: row i holds the change of layers 1 … L for noise at layer i (None at and
-    below i)."""
+    """`{"table": rows, "distance": rows, "summary": change, "settings": …}` for `model` on the
+    first `EXAMPLES` of `examples`: row i of `table` holds the relative change of layers 1 … L
+    for noise at layer i, row i of `distance` their L2 distance (None at and below i). Runs
+    stored before the distance was measured have `table` alone."""
     layers = encoder_layers(model)
     depth = len(layers)
     calls: dict[int, tuple[tuple, dict]] = {}
@@ -51,6 +53,7 @@ def noise_stability(model: torch.nn.Module, examples: Examples, pad_id: int,
     model.eval()
     generator = torch.Generator(device=device).manual_seed(SEED)
     change = torch.zeros(depth, depth + 1, dtype=torch.float64)
+    distance = torch.zeros_like(change)
     tokens = 0
     try:
         lengths = examples.lengths[:EXAMPLES]
@@ -69,17 +72,23 @@ def noise_stability(model: torch.nn.Module, examples: Examples, pad_id: int,
                             hidden = layers[k - 1](hidden, *args, **kwargs)
                             if isinstance(hidden, tuple):  # transformers 4.x layers: a tuple
                                 hidden = hidden[0]
-                            moved = ((hidden - clean[k]).norm(dim=-1)
-                                     / clean[k].norm(dim=-1).clamp_min(1e-12))
-                            change[i, k] += moved[real].double().sum().item()
+                            moved = (hidden - clean[k]).norm(dim=-1)[real]
+                            distance[i, k] += moved.double().sum().item()
+                            change[i, k] += (moved / clean[k].norm(dim=-1)[real]
+                                             .clamp_min(1e-12)).double().sum().item()
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
     change /= max(tokens, 1)
-    table = [[change[i, k].item() if k > i else None for k in range(1, depth + 1)]
-             for i in range(depth)]
-    return {"table": table, "summary": change[0, depth].item(),
+    distance /= max(tokens, 1)
+
+    def rows(measure: torch.Tensor) -> list[list[float | None]]:
+        return [[measure[i, k].item() if k > i else None for k in range(1, depth + 1)]
+                for i in range(depth)]
+
+    return {"table": rows(change), "distance": rows(distance),
+            "summary": change[0, depth].item(),
             "settings": {"scale": scale, "draws": DRAWS, "examples": min(EXAMPLES, len(examples)),
                          "seed": SEED}}
 

@@ -101,6 +101,7 @@ class Plan:
                          "data_seed": self.suite.data_seed,
                          "tuning_seeds": self.suite.tuning_seeds,
                          "tuning": vars(self.suite.tuning),
+                         "sampler": self.suite.tuning.sampler(),
                          "fixed": self.suite.regularizers[cell.regularizer],
                          "version": get_regularizer(cell.regularizer).version})
         return f"{self.suite.name}/{cell.regularizer}/{cell.task}/{cell.size}/{setup[:10]}"
@@ -224,11 +225,14 @@ class SuiteRunner:
             torch.cuda.reset_peak_memory_stats(self.device)
         fp32 = config.pop("fp32", None)  # the store keeps it in the provenance
         row = {"key": key, "suite": self.suite.name, "phase": phase, "trial": trial, **config,
+               "test_reference": data.reference,
                "provenance": {**provenance(str(self.device)),
                               "bf16": mixed_precision(self.suite.recipe.precision, self.device),
                               **({"fp32": fp32} if fp32 else {}),
                               "distribution": distribution_of(cell.regularizer),
                               "worker": self.worker.id}}
+        if phase == "tune":  # the board says which sampler chose the configurations
+            row["provenance"]["sampler"] = self.suite.tuning.sampler()
         started = time.perf_counter()
         try:
             result = fine_tune(data, build(cell.regularizer, config["params"]), seed,
@@ -302,7 +306,7 @@ class SuiteRunner:
                 continue
             log.info("tuning %s on %s, N=%d: trial %d of %d", cell.regularizer, cell.task,
                      cell.size, slot + 1, budget)
-            trial = start_trial(study, slot, first, self.suite.tuning.sampler_seed)
+            trial = start_trial(study, slot, first, self.suite.tuning)
             if trial is not None:
                 self._run_trial(cell, study, trial, key, fixed, space)
             self.worker.finish(key)

@@ -70,6 +70,9 @@ runs = sa.Table(
     sa.Column("provenance", sa.JSON),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("noise_stability", sa.JSON),  # regbench.noise_stability, for a tested run
+    # regbench.metrics.test_reference: the test half's size, label counts and constant predictor,
+    # so that a board is rendered from the store alone.
+    sa.Column("test_reference", sa.JSON),
 )
 
 
@@ -512,6 +515,17 @@ class Store:
             if existing is not None:
                 connection.execute(sa.delete(runs).where(runs.c.key == row["key"]))
             connection.execute(sa.insert(runs).values(**row))
+
+    @database_call
+    def set_test_references(self, references: dict[str, dict]) -> None:
+        """Store each task's test reference in its runs that have none (a store of an older
+        regbench)."""
+        column = runs.c.test_reference
+        with self.engine.begin() as connection:
+            for task, reference in references.items():
+                connection.execute(sa.update(runs).where(
+                    runs.c.task == task, sa.or_(column.is_(None), column == sa.JSON.NULL))
+                    .values(test_reference=reference))
 
     @database_call
     def study_names(self) -> set[str]:

@@ -27,6 +27,16 @@ SIZE = Param(100, kind=int, ge=1, le=LARGEST)
 SEED = Param(0, kind=int, ge=0, le=LARGEST)
 
 
+# TPE's random start-up: Optuna's default, the fewest trials its authors let TPE model. TPE
+# models the best tenth of the trials so far (γ(n) = ⌈0.1 n⌉) apart from the rest, so over fewer
+# its model of the good trials is one trial, a kernel around the incumbent: no learning.
+TPE_STARTUP = 10
+# The smallest budget that gets TPE, its start-up being at most half the trials. Below it a study
+# is random search, drawn from a scrambled Sobol sequence: the same number of points, spread more
+# evenly over the space than independent draws (Bergstra and Bengio 2012).
+TPE_MIN_TRIALS = 2 * TPE_STARTUP
+
+
 @dataclass(frozen=True)
 class Tuning:
     trials: int = declared(20, ge=0)
@@ -35,6 +45,12 @@ class Tuning:
 
     def __post_init__(self):
         check_fields(self, "tuning")
+
+    def sampler(self) -> dict[str, Any]:
+        """The sampler this budget gets, as a study's name and its runs record it."""
+        if self.trials >= TPE_MIN_TRIALS:
+            return {"sampler": "tpe", "startup_trials": TPE_STARTUP, "constant_liar": True}
+        return {"sampler": "qmc", "qmc_type": "sobol", "scramble": True}
 
 
 @dataclass(frozen=True)

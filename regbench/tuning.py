@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import warnings
 from typing import Any
 
 import numpy as np
@@ -85,13 +86,36 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, tuning: Tuning,
                                load_if_exists=True, pruner=make_pruner(tuning, evaluations, seeds))
 
 
-def make_sampler(sampler_seed: int, slot: int) -> optuna.samplers.BaseSampler:
-    """The sampler of the trial in `slot`. Seeded by the slot as well as the suite, so workers that
-    sample at once draw apart, where one seed would give them all the same first random trial; and
-    one worker alone draws the same trials on every rerun. The constant liar counts running trials
-    as bad, so parallel trials also spread once TPE takes over."""
-    seed = int(np.random.SeedSequence([sampler_seed, slot]).generate_state(1)[0])
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+def make_sampler(tuning: Tuning, slot: int) -> optuna.samplers.BaseSampler:
+    """The sampler of the trial in `slot`. Its random draws are seeded by the slot as well as the
+    suite, so workers that sample at once draw apart, where one seed would give them all the same
+    first random trial; and one worker alone draws the same trials on every rerun. The constant
+    liar counts running trials as bad, so parallel trials also spread once TPE takes over. Random
+    search takes the slot's point of one Sobol sequence, scrambled by the suite's seed alone."""
+    settings = tuning.sampler()
+    seed = int(np.random.SeedSequence([tuning.sampler_seed, slot]).generate_state(1)[0])
+    if settings["sampler"] == "tpe":
+        return optuna.samplers.TPESampler(n_startup_trials=settings["startup_trials"], seed=seed,
+                                          constant_liar=settings["constant_liar"])
+    with warnings.catch_warnings():  # experimental since Optuna 3.0, a warning every trial
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _SlotSobol(slot, qmc_type=settings["qmc_type"], scramble=settings["scramble"],
+                          seed=tuning.sampler_seed,
+                          independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+
+
+class _SlotSobol(optuna.samplers.QMCSampler):
+    """Optuna's QMCSampler, drawing the point of its trial's slot. Optuna counts the points a
+    study has drawn, read and written in two calls, so workers that sample at once can draw one
+    point twice and train one configuration twice; each slot is one worker's. Slot 0 is the
+    plugin's defaults, and its point goes unused."""
+
+    def __init__(self, slot: int, **options: Any):
+        super().__init__(**options)
+        self._slot = slot
+
+    def _find_sample_id(self, study: optuna.Study, search_space: dict) -> int:
+        return self._slot
 
 
 def slot_key(study_name: str, slot: int) -> str:
@@ -101,7 +125,7 @@ def slot_key(study_name: str, slot: int) -> str:
 
 
 def start_trial(study: optuna.Study, slot: int, defaults: dict[str, Any],
-                sampler_seed: int) -> optuna.Trial | None:
+                tuning: Tuning) -> optuna.Trial | None:
     """A new trial in `slot`, which the caller holds, or None when the slot's trial was spent and
     only the claim's `finish` was cut off. A trial left running there by a dead worker is closed
     and its parameters queued again, so the runs it stored serve again. Slot 0's first trial is
@@ -115,7 +139,7 @@ def start_trial(study: optuna.Study, slot: int, defaults: dict[str, Any],
     if slot == 0 and not before and defaults:
         # A worker that died between queueing the defaults and taking them left them queued.
         study.enqueue_trial(defaults, skip_if_exists=True)
-    study.sampler = make_sampler(sampler_seed, slot)
+    study.sampler = make_sampler(tuning, slot)
     trial = study.ask()  # a queued trial first, if any
     trial.set_user_attr(SLOT, slot)
     return trial

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -16,25 +18,50 @@ from scipy import stats
 
 from regbench import leaderboard
 from regbench.board import _wall_seconds, build
+from regbench.cli import main
 from regbench.errors import RegbenchError
-from regbench.leaderboard import publish
+from regbench.leaderboard import add_test_references, publish
 from regbench.markdown import render
 from regbench.plots import MIN_SPAN, figures
 from regbench.stats import (
+    ENUMERATED,
     EXACT,
+    FLIPS,
+    MONTE_CARLO,
     NORMAL,
     PERMUTATION,
+    above,
+    counts_differ,
+    critical_correlation,
+    detectable_difference,
     holm,
     rank,
+    sd_interval,
+    sign_flip,
+    smallest_sign_flip_p,
     smallest_wilcoxon_p,
+    spreads_differ,
     t_interval,
     wilcoxon,
 )
 from regbench.store import Store
+from regbench.suite import load_suite
 
-BASELINES = {"rte": 0.527, "cola": 0.0, "mrpc": 0.75}
-META = {"suite": "handmade", "model": "minilm", "recipe": {"learning_rate": 2e-5},
-        "date": "2025-01-02"}
+# The test references the runner stores with each run (regbench.metrics.test_reference). A run
+# fails at or below the majority class's accuracy: RTE's 0.527; CoLA's 0.69, its MCC 0.
+REFERENCES = {
+    "rte": {"test_size": 139, "label_counts": [73, 66], "constant_prediction": 0,
+            "constant_scores": {"accuracy": 0.527}},
+    "cola": {"test_size": 522, "label_counts": [161, 361], "constant_prediction": 1,
+             "constant_scores": {"mcc": 0.0, "accuracy": 0.69}},
+    "mrpc": {"test_size": 204, "label_counts": [68, 136], "constant_prediction": 1,
+             "constant_scores": {"f1_accuracy": 0.75, "f1": 0.8, "accuracy": 0.7}},
+    "stsb": {"test_size": 750, "label_counts": None, "constant_prediction": 2.7,
+             "constant_scores": {"pearson_spearman": 0.0, "pearson": 0.0, "spearman": 0.0}},
+}
+# The primary score at or below which a run fails, by the construction of `measured` below.
+FAILS_AT = {"rte": 0.527, "cola": 0.0}
+META = {"suite": "handmade", "model": "minilm", "recipe": {"learning_rate": 2e-5}}
 PARAMS = {"vanilla": {}, "l2sp": {"alpha": 0.001}, "mixout": {"p": 0.1}}
 SECONDS = {"vanilla": 10.0, "l2sp": 12.0, "mixout": 20.0}  # per 100 training examples
 # (task, N) -> regularizer -> test score of seeds 0..4. RTE fails at or below 0.527, CoLA at 0.
@@ -71,6 +98,20 @@ PROVENANCE = {"regbench": "0.1.0", "torch": "2.13.0", "transformers": "5.0",
               "cpu": "Test CPU 9000", "gpu": None, "distribution": "regbench 0.1.0"}
 
 
+def measured(task: str, score: float) -> dict:
+    """A run's test metrics for its primary `score`. CoLA's accuracy is made to beat the
+    majority's (by 0.05) exactly when the MCC is above 0, so that failures are the runs at or
+    below 0 and a vanilla failing two seeds of five still learns; STS-B's correlations are the
+    score."""
+    if task == "cola":
+        return {"mcc": score, "accuracy": 0.69 + 0.05 * (score > 0)}
+    if task == "mrpc":
+        return {"f1_accuracy": score, "f1": score, "accuracy": score}
+    if task == "stsb":
+        return {"pearson_spearman": score, "pearson": score, "spearman": score}
+    return {"accuracy": score}
+
+
 def run(regularizer: str, task: str, n: int, seed: int, score: float | None,
         status: str = "finished", phase: str = "final", **extra) -> dict:
     """One row of the runs table, as the suite runner writes it."""
@@ -78,10 +119,12 @@ def run(regularizer: str, task: str, n: int, seed: int, score: float | None,
             "phase": phase, "trial": None, "regularizer": regularizer,
             "regularizer_version": "1", "params": PARAMS.get(regularizer, {}), "task": task,
             "n_train": n, "data_seed": 0, "seed": seed, "model": "minilm", "recipe": {},
-            "status": status, "validation": {}, "test": {} if score is None else {"m": score},
+            "status": status, "validation": {},
+            "test": {} if score is None else measured(task, score),
             "validation_score": score, "test_score": score, "steps": 100,
             "seconds": SECONDS.get(regularizer, 1.0) * n / 100, "peak_memory_mb": 800.0,
-            "error": None, "provenance": PROVENANCE, **extra}
+            "error": None, "provenance": PROVENANCE, "test_reference": REFERENCES[task],
+            **extra}
 
 
 def frame_of(rows: list[dict], tmp_path: Path) -> pd.DataFrame:
@@ -109,10 +152,11 @@ def cell(board, task: str, n: int, regularizer: str) -> pd.Series:
 
 
 def section(markdown: str, heading: str) -> str:
-    """The text under `heading` up to the next heading of the same or a higher level."""
+    """The text under the first heading that starts with `heading` (a size's heading goes on to
+    say whether the cell learns) up to the next heading of the same or a higher level."""
     level = heading.split()[0]
-    start = markdown.index(heading + "\n")
-    rest = markdown[start + len(heading) + 1:]
+    start = re.search(f"^{re.escape(heading)}( .*)?$", markdown, re.MULTILINE).end()
+    rest = markdown[start + 1:]
     ends = [i for i, line in enumerate(rest.splitlines(keepends=True))
             if line.startswith("#") and len(line.split()[0]) <= len(level)]
     lines = rest.splitlines(keepends=True)
@@ -139,8 +183,8 @@ def published(tmp_path_factory):
         if row["regularizer"] == "mixout":
             row["provenance"] = {**PROVENANCE, "fp32": ["layer.3", "layer.4", "layer.5", "head"]}
     frame = frame_of(rows, tmp)
-    markdown = publish(frame, expected_of(), tmp / "out", "board", META, BASELINES)
-    return build(frame, expected_of(), BASELINES, META), markdown
+    markdown = publish(frame, expected_of(), tmp / "out", "board", META)
+    return build(frame, expected_of(), META), markdown
 
 
 # The statistics, one function at a time -------------------------------------------------------
@@ -209,6 +253,82 @@ def test_rank_orders_by_each_column_in_turn_with_ties_averaged():
     assert list(rank(frame, ["std", "failure_rate"], [True, True])) == [2.5, 4, 1, 5, 2.5]
 
 
+@pytest.mark.parametrize("n", [1, 4, 7, 10])
+def test_sign_flip_matches_brute_enumeration(n):
+    rng = np.random.default_rng(n)
+    for d in (rng.normal(0.02, 0.05, n), np.round(rng.normal(0, 0.03, n), 2)):  # ties, zeros
+        patterns = np.array(list(itertools.product((1, -1), repeat=n)))
+        sums = patterns @ d
+        two_sided = np.mean(np.abs(sums) >= abs(d.sum()) - 1e-12)
+        greater = np.mean(sums >= d.sum() - 1e-12)
+        assert sign_flip(d) == pytest.approx((two_sided, ENUMERATED))
+        assert sign_flip(d, "greater").p_value == pytest.approx(greater)
+    assert smallest_sign_flip_p(n) == pytest.approx(min(1, 2 / 2**n))
+    assert sign_flip(np.full(n, 0.1)).p_value == pytest.approx(smallest_sign_flip_p(n))
+    assert math.isnan(sign_flip([]).p_value)
+
+
+def test_sign_flip_beyond_enumeration_is_a_seeded_monte_carlo_of_the_exact_p():
+    # Thirty integer differences: the exact null distribution of the signed sum, by convolving
+    # each difference's two signs in turn, counted over all 2^30 patterns.
+    d = np.array([3, -1, 4, 1, -5, 9, 2, 6, -5, 3, 5, 8, -9, 7, 9, 3, 2, -3, 8, 4, 6, 2, -6, 4,
+                  3, 3, 8, 3, -2, 7])
+    total = int(np.abs(d).sum())
+    counts = np.zeros(2 * total + 1)
+    counts[total] = 1
+    for x in np.abs(d):
+        counts = np.roll(counts, x) + np.roll(counts, -x)
+    sums = np.arange(-total, total + 1)
+    exact = counts[np.abs(sums) >= abs(d.sum())].sum() / 2**30
+    found = sign_flip(d / 100)
+    assert found.method == MONTE_CARLO and found == sign_flip(d / 100)  # seeded
+    assert abs(found.p_value - exact) < 4 * math.sqrt(exact * (1 - exact) / FLIPS)
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_sd_interval_holds_its_coverage(n):
+    """4000 simulated cells of n normal scores: the 95% interval of the standard deviation must
+    cover the true one 93-97% of the time."""
+    rng = np.random.default_rng(n)
+    intervals = np.array([sd_interval(x) for x in rng.normal(0.6, 0.04, (4000, n))])
+    assert 0.93 <= np.mean((intervals[:, 0] <= 0.04) & (0.04 <= intervals[:, 1])) <= 0.97
+    assert all(math.isnan(v) for v in sd_interval([0.5]))
+
+
+def test_the_failure_tests_match_known_values():
+    # Pearson's r that 750 pairs need, one-sided at 5%: for data built to have exactly that
+    # sample correlation, SciPy's own test gives p = 0.05.
+    r = critical_correlation(750)
+    rng = np.random.default_rng(0)
+    x, z = rng.normal(size=(2, 750))
+    x, z = (x - x.mean()) / x.std(), z - z.mean()
+    z = z - (z @ x) / (x @ x) * x
+    y = r * x + math.sqrt(1 - r * r) * z / z.std()
+    assert stats.pearsonr(x, y, alternative="greater").pvalue == pytest.approx(0.05)
+    assert 0.060 < r < 0.061
+    # Fisher: none of five failed against all five, 2 of the C(10, 5) = 252 tables as extreme.
+    assert counts_differ(0, 5, 5, 5) == pytest.approx(2 / 252)
+    assert counts_differ(1, 5, 0, 5) == 1.0
+    # F(4, 4) at 0.975 is 9.6045 (tables): a variance ratio there is p = 0.05, two-sided.
+    assert spreads_differ(np.array([-1, 0, 0, 0, 1]) * math.sqrt(9.6045), [-1, 0, 0, 0, 1]) == \
+        pytest.approx(0.05, abs=1e-4)
+    assert math.isnan(spreads_differ([0.5, 0.5], [0.1, 0.2]))
+
+
+def test_the_gate_and_the_detectable_difference_against_scipy():
+    excess = np.array([0.03, -0.01, 0.02, 0.04, 0.00])
+    assert above(excess) == pytest.approx(stats.ttest_1samp(excess, 0,
+                                                            alternative="greater").pvalue)
+    assert above([0.0, 0.0, 0.0]) == 1.0 and above([0.02, 0.02]) == 0.0
+    assert math.isnan(above([0.3]))
+    # Differences whose mean is the detectable difference are exactly at the level: a paired
+    # t-test of them gives p = level.
+    d = np.array([-1.0, 0.0, 1.0, 2.0, -2.0, 0.5, -0.5, 1.5, -1.5, 0.0])
+    level = 0.05 / 13
+    shift = detectable_difference(10, d.std(ddof=1), level)
+    assert stats.ttest_1samp(d + shift, 0).pvalue == pytest.approx(level)
+
+
 # The leaderboard's numbers --------------------------------------------------------------------
 
 def test_cell_statistics_match_numpy(published):
@@ -223,7 +343,7 @@ def test_cell_statistics_match_numpy(published):
             assert c["std"] == pytest.approx(x.std(ddof=1))
             assert c["min"] == pytest.approx(x.min()) and c["max"] == pytest.approx(x.max())
             assert c["iqr"] == pytest.approx(q75 - q25)
-            failed = x <= BASELINES[task]
+            failed = x <= FAILS_AT[task]
             assert c["n_failures"] == failed.sum()
             assert c["failure_rate"] == pytest.approx(failed.mean())
             assert c.std_not_failed == pytest.approx(x[~failed].std(ddof=1))
@@ -243,8 +363,42 @@ def test_paired_differences_to_vanilla(published):
                                                        vanilla.mean())
             assert c.n_pairs == 5
             assert c.p_value >= 2 / 32  # five seeds can never do better
-    assert board.cells.p_holm.notna().sum() == 8
-    assert not board.cells.significant.any()
+    assert board.cells.p_value.notna().sum() == 8 and "p_holm" not in board.cells
+
+
+def _sign_flip_by_hand(d) -> float:
+    """The two-sided sign-flip p-value by enumerating every pattern with itertools."""
+    observed = abs(sum(d))
+    patterns = list(itertools.product((1, -1), repeat=len(d)))
+    return sum(abs(sum(s * x for s, x in zip(signs, d, strict=True))) >= observed - 1e-9
+               for signs in patterns) / len(patterns)
+
+
+def test_primary_comparisons_pool_the_sizes_and_are_holm_corrected_alone(published):
+    board, _ = published
+    primary = board.primary.set_index(["task", "regularizer"])
+    assert len(primary) == 4  # (l2sp, mixout) x (RTE, CoLA); the 8 per-cell tests not in it
+    by_hand = {}
+    for task in ("rte", "cola"):
+        for regularizer in ("l2sp", "mixout"):
+            d = [a - b for n in (100, 1000) for a, b in zip(
+                SCORES[(task, n)][regularizer], SCORES[(task, n)]["vanilla"], strict=True)]
+            got = primary.loc[(task, regularizer)]
+            half = stats.t.ppf(0.975, 9) * np.std(d, ddof=1) / math.sqrt(10)
+            assert got.n_pairs == 10 and got.sizes == [100, 1000]
+            assert got.delta == pytest.approx(np.mean(d))
+            assert (got.ci_low, got.ci_high) == pytest.approx((np.mean(d) - half,
+                                                               np.mean(d) + half))
+            assert got.p_value == pytest.approx(_sign_flip_by_hand(d))
+            by_hand[(task, regularizer)] = got.p_value
+    # Holm by hand: the i-th smallest p times the 4 - i hypotheses left, kept monotone.
+    adjusted, running = {}, 0.0
+    for i, (key, p) in enumerate(sorted(by_hand.items(), key=lambda item: item[1])):
+        running = max(running, min(1.0, (4 - i) * p))
+        adjusted[key] = running
+    for key, p in adjusted.items():
+        assert primary.loc[key].p_holm == pytest.approx(p)
+        assert primary.loc[key].significant == (p < 0.05)
 
 
 def test_ranks_per_cell_and_overall(published):
@@ -294,7 +448,7 @@ def test_runs_collapsed_to_the_majority_class_are_the_least_stable(tmp_path):
     # "collapsed" predicts the majority class on every seed: no spread at all, every run failed.
     scores = {("rte", 100): {"vanilla": STEADY, "collapsed": [0.527] * 5,
                              "noisy": [0.55, 0.70, 0.60, 0.66, 0.53]}}
-    board = build(frame_of(handmade_rows(scores), tmp_path), None, BASELINES, META)
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
     collapsed = cell(board, "rte", 100, "collapsed")
     assert collapsed["std"] == 0 and collapsed.failure_rate == 1
     assert [cell(board, "rte", 100, r).rank_stability
@@ -309,7 +463,7 @@ def test_crashed_and_diverged_runs_are_failures_scored_at_the_baseline(tmp_path,
              for seed in (3, 4)]
     board = build(frame_of(rows, tmp_path), expected_of({("rte", 100): {"vanilla": 0,
                                                                       "shaky": 0}}),
-                  BASELINES, META)
+                  META)
     shaky = cell(board, "rte", 100, "shaky")
     scores = np.array([0.65, 0.66, 0.67, 0.527, 0.527])
     assert (shaky.n_completed, shaky.n_failures, shaky.failure_rate) == (5, 2, 0.4)
@@ -322,11 +476,74 @@ def test_crashed_and_diverged_runs_are_failures_scored_at_the_baseline(tmp_path,
     markdown = render(board, [])
     what = "crashed" if status == "failed" else "diverged"
     row = row_of(section(markdown, "#### N = 100"), "shaky")
-    assert row[6] == "2/5" and row[10] == f"5/5 (2 {what})"
+    assert row[7] == "2/5" and row[12] == f"5/5 (2 {what})"
     assert "Missing runs" not in markdown
     problems = section(markdown, "### Diverged and crashed runs (failures, scored at the "
                                  "majority class)")
     assert row_of(problems, "shaky")[3:] == ["3", what, "loss became nan"]
+
+
+def test_a_classification_run_fails_at_the_majority_class_accuracy_whatever_its_mcc(tmp_path):
+    # CoLA's majority class scores 0.69 accuracy (REFERENCES): an MCC above 0 at or below that
+    # accuracy fails, an MCC of 0 above it does not.
+    tests = {"vanilla": [(0.10, 0.75), (0.12, 0.76), (0.08, 0.74), (0.11, 0.75), (0.09, 0.74)],
+             "skewed": [(0.05, 0.69), (0.06, 0.68), (0.00, 0.70), (0.07, 0.60), (0.02, 0.691)]}
+    rows = [run(reg, "cola", 100, seed, mcc, test={"mcc": mcc, "accuracy": accuracy})
+            for reg, seeds in tests.items() for seed, (mcc, accuracy) in enumerate(seeds)]
+    board = build(frame_of(rows, tmp_path), None, META)
+    failed = board.runs.set_index(["regularizer", "seed"]).failure
+    assert [failed[("skewed", seed)] for seed in range(5)] == [1, 1, 0, 1, 0]
+    assert not failed["vanilla"].any()
+    skewed = cell(board, "cola", 100, "skewed")
+    assert skewed.accuracy == pytest.approx(np.mean([a for _, a in tests["skewed"]]))
+    # 3 of 5 failed against none: Fisher's p = 0.17, no telling apart at five seeds.
+    assert skewed.stability_apart is False
+    markdown = render(board, [])
+    assert row_of(section(markdown, "#### N = 100"), "skewed")[3] == f"{skewed.accuracy:.3f}"
+    assert "CoLA: test accuracy at or below the majority class's, 0.690 (361 of 522)" in markdown
+
+
+def test_a_regression_run_fails_when_its_correlation_is_not_significant(tmp_path):
+    # 750 test pairs: Pearson's r must exceed 0.0601 (one-sided 5%), whatever the Spearman
+    # correlation in the score; constant predictions score r = 0.
+    pearson = {"vanilla": [0.30, 0.35, 0.28, 0.33, 0.31],
+               "marginal": [0.0601, 0.0602, 0.05, 0.0, 0.20]}
+    rows = [run(reg, "stsb", 64, seed, r + 0.1,
+                test={"pearson_spearman": r + 0.1, "pearson": r, "spearman": r + 0.2})
+            for reg, seeds in pearson.items() for seed, r in enumerate(seeds)]
+    rows += [run("collapsed", "stsb", 64, seed, 0.0, test={
+        "pearson_spearman": 0.0, "pearson": 0.0, "spearman": 0.0}) for seed in range(5)]
+    board = build(frame_of(rows, tmp_path), None, META)
+    failed = board.runs.set_index(["regularizer", "seed"]).failure
+    assert [failed[("marginal", seed)] for seed in range(5)] == [1, 0, 1, 1, 0]
+    assert failed["collapsed"].all() and not failed["vanilla"].any()
+    # The collapsed runs fail all five seeds, vanilla none: Fisher's p = 2/252, told apart.
+    assert cell(board, "stsb", 64, "collapsed").stability_apart is True
+    assert board.tasks.iloc[0].failure_line == pytest.approx(critical_correlation(750))
+
+
+def test_a_cell_that_does_not_learn_is_shown_but_left_out_of_rank_and_comparisons(tmp_path):
+    # CoLA: vanilla at the majority class on every seed but one; RTE learns.
+    scores = {("rte", 100): {"vanilla": STEADY, "l2sp": [0.63, 0.66, 0.61, 0.65, 0.62]},
+              ("cola", 100): {"vanilla": [0.0, 0.0, 0.0, 0.0, 0.05],
+                              "l2sp": [0.20, 0.25, 0.22, 0.18, 0.24]}}
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
+    # CoLA vanilla's excess accuracy: 0, 0, 0, 0, 0.05: one-sided t-test p = 0.187.
+    cola, rte = cell(board, "cola", 100, "l2sp"), cell(board, "rte", 100, "l2sp")
+    assert cola.gate_p == pytest.approx(stats.ttest_1samp([0, 0, 0, 0, 0.05], 0,
+                                                          alternative="greater").pvalue)
+    assert cola.learns is False and rte.learns is True
+    assert not cola.in_overall and rte.in_overall
+    assert set(board.overall.cells_ranked) == {1}
+    assert list(board.primary.task) == ["rte"]
+    assert board.tasks.set_index("task").not_learning.to_dict() == {"rte": [], "cola": [100]}
+    markdown = render(board, [])
+    assert "**Does not learn at this budget: CoLA N = 100.**" in section(markdown, "## Headline")
+    assert "#### N = 100 — does not learn at this budget (p = 0.187)" in markdown
+    assert "(not learning: CoLA N=100)" in section(markdown, "## Overall")
+    drawn = figures(board)
+    assert drawn["cola-seeds"].axes[0].get_title() == "N = 100: does not learn at this budget"
+    assert drawn["rte-seeds"].axes[0].get_title() == "N = 100"
 
 
 HARD_AND_EASY = {("rte", 100): {"vanilla": STEADY, "steady": [0.61, 0.63, 0.59, 0.65, 0.62],
@@ -341,7 +558,7 @@ def test_a_regularizer_crashing_on_the_hard_cells_does_not_come_first(tmp_path):
     rows = handmade_rows(HARD_AND_EASY)
     rows += [run("fragile", "cola", 100, seed, None, status="failed", error="CUDA out of memory")
              for seed in range(5)]
-    board = build(frame_of(rows, tmp_path), None, BASELINES, META)
+    board = build(frame_of(rows, tmp_path), None, META)
     overall = board.overall.set_index("regularizer")
     assert list(board.overall.regularizer) == ["steady", "fragile", "vanilla"]
     assert overall.mean_rank_score.to_dict() == pytest.approx(
@@ -355,7 +572,7 @@ def test_a_regularizer_missing_cells_is_shown_apart(tmp_path, planned):
     expected = expected_of({**HARD_AND_EASY, ("cola", 100): {**HARD_AND_EASY[("cola", 100)],
                                                              "fragile": None}})
     board = build(frame_of(handmade_rows(HARD_AND_EASY), tmp_path),
-                  expected if planned else None, BASELINES, META)
+                  expected if planned else None, META)
     overall = board.overall.set_index("regularizer")
     assert list(board.overall.regularizer) == ["steady", "vanilla", "fragile"]
     assert list(board.overall["rank"][:2]) == [1, 2] and math.isnan(overall["rank"]["fragile"])
@@ -375,7 +592,7 @@ def test_the_overall_rank_covers_the_largest_complete_block(tmp_path):
     rows = [r for r in handmade_rows()
             if not (r["regularizer"] == "mixout" and r["task"] == "rte" and r["n_train"] == 1000
                     and r["seed"] >= 3)]
-    board = build(frame_of(rows, tmp_path), expected_of(), BASELINES, META)
+    board = build(frame_of(rows, tmp_path), expected_of(), META)
     overall = board.overall.set_index("regularizer")
     assert overall.ranked.all() and set(overall.cells_ranked) == {3}
     left_out = board.cells[~board.cells.in_overall]
@@ -383,7 +600,7 @@ def test_the_overall_rank_covers_the_largest_complete_block(tmp_path):
     # Means of RANK_SCORE without RTE 1000.
     assert overall.mean_rank_score.to_dict() == pytest.approx(
         {"l2sp": 1.0, "mixout": 2.0, "vanilla": 3.0})
-    assert "(left out: RTE N=1000)" in section(render(board, []), "## Overall")
+    assert "(incomplete: RTE N=1000)" in section(render(board, []), "## Overall")
 
 
 # The published files --------------------------------------------------------------------------
@@ -391,25 +608,34 @@ def test_the_overall_rank_covers_the_largest_complete_block(tmp_path):
 def test_markdown_holds_the_cells(published):
     board, path = published
     markdown = path.read_text()
-    table = section(section(markdown, "### RTE (accuracy)"), "#### N = 100")
+    table = section(section(section(markdown, "## Results by task and size"), "### RTE"),
+                    "#### N = 100")
     x = np.array(SCORES[("rte", 100)]["l2sp"])
     l2sp = row_of(table, "l2sp")
-    assert l2sp[:5] == ["1", "l2sp", f"{x.mean():.3f} ± {x.std(ddof=1):.3f}", "0.610",
+    # RTE's accuracy is its score.
+    assert l2sp[:6] == ["1", "l2sp", f"{x.mean():.3f} ± {x.std(ddof=1):.3f}",
+                        f"{x.mean():.3f}", "0.610",
                         f"{np.subtract(*np.percentile(x, [75, 25])):.3f}"]
-    # l2sp beats vanilla on all five seeds: p = 2/32, the family's smallest; Holm: 8 * 2/32.
-    assert l2sp[6:] == ["0/5", "+0.046", "0.500", "1", "5/5", "–", "alpha=0.001"]
-    assert row_of(table, "vanilla")[6:9] == ["1/5", "–", "–"]
+    # l2sp beats vanilla on all five seeds: p = 2/32, uncorrected. Its spread's interval: s times
+    # the square roots of 4 over chi-square(4)'s 97.5% and 2.5% quantiles, 11.143 and 0.4844.
+    s = x.std(ddof=1)
+    spread = f"{s:.3f} [{s * math.sqrt(4 / 11.1433):.3f}, {s * math.sqrt(4 / 0.48442):.3f}]"
+    assert l2sp[7:] == ["0/5", "+0.046", "0.062", "1", spread, "5/5", "–", "alpha=0.001"]
+    # vanilla's one failure against none is no difference (Fisher's p = 1), nor mixout's
+    # variance 7.1 times l2sp's (F(4, 4) needs 9.6 for p = 0.05, two-sided).
+    assert row_of(table, "vanilla")[7:11] == ["1/5", "–", "–", "3 ≈"]
+    assert row_of(table, "mixout")[10] == "2 ≈"
     assert "### CoLA (Matthews correlation)" in markdown
     overall = section(markdown, "## Overall")
     assert row_of(overall, "l2sp")[:4] == ["1", "l2sp", "1.50", "1.62"]
     assert "mean rank across the cells" in overall and "all 4 (task, size) cells" in overall
     assert "Not ranked" not in overall
     reading = section(markdown, "## How to read the tables")
-    assert "adjacent ranks" in reading and "Holm-corrected across all 8 comparisons" in reading
-    assert "smallest two-sided Wilcoxon p-value is 0.0625" in reading
+    assert "adjacent ranks" in overall and "8 such tests on this board" in reading
+    assert "With 5 paired seeds the smallest is 0.062" in reading
     assert "Student-t interval of the mean" in reading
-    sizes = section(section(markdown, "## Score as the training set grows"), "### CoLA")
-    assert row_of(sizes, "vanilla") == ["vanilla", "0.080 ± 0.104", "0.020 ± 0.032"]
+    assert "RTE: test accuracy at or below the majority class's, 0.527 (73 of 139)" in reading
+    assert "Score as the training set grows" not in markdown  # the cells' tables again
     assert row_of(section(markdown, "## Cost"), "mixout")[2:] == ["2.00", "800"]
     provenance = section(markdown, "## Provenance")
     assert "60 finished" in provenance
@@ -418,7 +644,7 @@ def test_markdown_holds_the_cells(published):
 
 
 def test_header_states_machine_software_compute_plugins_and_methods(published):
-    _, path = published
+    board, path = published
     header = path.read_text().split("\n## ")[0]
     assert "- **Machine**: CPU Test CPU 9000; GPU none" in header
     assert ("- **Device and precision**: cpu, bf16 autocast; in fp32 while training: mixout "
@@ -429,12 +655,19 @@ def test_header_states_machine_software_compute_plugins_and_methods(published):
     # (10 + 12 + 20) * 11 * 5 * 2 = 4620 s; the one tuning run took 12 s.
     assert ("- **Compute**: 1 h 17 min in the 60 final runs shown, plus 12 s in the 1 tuning "
             "runs stored for these cells") in header
-    assert "of wall time with a run in progress" in header
+    assert "of wall time (while any run was running)" in header
+    assert "in progress" not in header
+    # The date line is when the runs were trained (the store's clock: today), not a render date.
+    first, last = (pd.Timestamp(t).strftime("%Y-%m-%d %H:%M UTC")
+                   for t in (board.provenance["first_run"], board.provenance["last_run"]))
+    assert f"Final runs trained from {first} to {last}" in header
     assert "l2sp 1 (regbench 0.1.0)" in header
-    assert ("- **Statistics**: 95% Student-t interval of the mean over seeds; two-sided "
-            "Wilcoxon signed-rank test against vanilla over paired seeds (exact in 4, exact "
-            "sign-flip permutation in 4); Holm over the 8 comparisons of the board, † at "
-            "p < 0.05") in header
+    assert ("- **Statistics**: primary comparisons: two-sided sign-flip permutation test of the "
+            "mean paired difference to vanilla, per (regularizer, task), the sizes that learn "
+            "pooled, paired by (size, seed) (exact, all 2^n sign flips in 4), Holm over the 4 "
+            "primary comparisons, a difference at p (Holm) < 0.05; 95% Student-t interval of "
+            "the mean over seeds; per-cell tests: two-sided Wilcoxon signed-rank test against "
+            "vanilla over paired seeds, per cell, exploratory and uncorrected") in header
 
 
 def test_wall_time_counts_parallel_runs_once_and_leaves_out_pauses():
@@ -450,8 +683,8 @@ def test_wall_time_counts_parallel_runs_once_and_leaves_out_pauses():
 def test_csv_and_json_hold_the_same_numbers(published):
     board, path = published
     numbers = ["n_train", "mean", "std", "min", "max", "iqr", "ci_low", "ci_high", "failure_rate",
-               "delta_vs_vanilla", "p_value", "p_holm", "rank_score", "rank_stability",
-               "time_vs_vanilla"]
+               "delta_vs_vanilla", "p_value", "rank_score", "rank_stability", "time_vs_vanilla",
+               "spread_low", "spread_high", "accuracy", "gate_p"]
     from_csv = pd.read_csv(path.with_suffix(".csv"))
     data = json.loads(path.with_suffix(".json").read_text())
     from_json = pd.DataFrame(data["cells"])
@@ -459,6 +692,10 @@ def test_csv_and_json_hold_the_same_numbers(published):
         pd.testing.assert_frame_equal(copy[["task", "regularizer", *numbers]],
                                       board.cells[["task", "regularizer", *numbers]],
                                       check_dtype=False, rtol=1e-12)
+    primary = ["n_pairs", "delta", "ci_low", "ci_high", "p_value", "p_holm", "significant"]
+    pd.testing.assert_frame_equal(pd.DataFrame(data["primary"])[primary], board.primary[primary],
+                                  check_dtype=False, rtol=1e-12)
+    assert [t["pairs"] for t in data["tasks"]] == [10, 10]
     assert data["meta"] == META
     assert len(data["runs"]) == 60 and data["provenance"]["superseded_runs"] == 1
     assert from_csv.loc[0, "mean"] == pytest.approx(np.mean(SCORES[("rte", 100)]["l2sp"]))
@@ -468,23 +705,27 @@ def test_plots_are_written(published):
     _, path = published
     markdown = path.read_text()
     images = json.loads(path.with_suffix(".json").read_text())["images"]
-    assert len(images) == 4
-    for task in ("rte", "cola"):
-        for kind in ("sizes", "seeds"):
-            image = path.parent / f"board-{task}-{kind}.png"
-            assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            assert image.stat().st_size > 10_000
-            assert f"]({image.name})" in markdown and image.name in images
+    # Two sizes: no sizes plot, the seeds plot shows both; the tuning budget's of the one tuned
+    # cell (l2sp on RTE); no run carries a noise measure.
+    assert sorted(images) == ["board-cola-seeds.png", "board-forest.png", "board-rte-budget.png",
+                              "board-rte-seeds.png"]
+    for name in images:
+        image = path.parent / name
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert image.stat().st_size > 10_000
+        assert f"]({image.name})" in markdown
+    # The forest plot heads the board, in the headline.
+    assert "](board-forest.png)" in section(markdown, "## Headline")
 
 
 def test_plots_name_the_metric_and_do_not_magnify_sub_resolution_differences(tmp_path):
     # Seeds half a thousandth apart, around the failure line, as the quickstart's MRPC.
     scores = {("mrpc", 100): {"vanilla": [0.7496, 0.7501, 0.7499],
                               "l2sp": [0.7500, 0.7498, 0.7501]}}
-    board = build(frame_of(handmade_rows(scores), tmp_path), None, BASELINES, META)
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
     drawn = figures(board)
-    assert set(drawn) == {"mrpc-sizes", "mrpc-seeds"}
-    for figure in drawn.values():
+    assert set(drawn) == {"forest", "mrpc-seeds"}
+    for figure in [drawn["mrpc-seeds"]]:
         assert figure.get_suptitle() == "MRPC: test mean of F1 and accuracy of the final seeds"
         for ax in figure.axes:
             low, high = ax.get_ylim()
@@ -493,8 +734,9 @@ def test_plots_name_the_metric_and_do_not_magnify_sub_resolution_differences(tmp
 
 def test_every_regularizer_of_a_full_board_has_its_own_color(tmp_path):
     names = ["vanilla", *(f"reg{i:02d}" for i in range(19))]
-    scores = {("rte", 100): {name: [0.60 + i / 100] * 3 for i, name in enumerate(names)}}
-    board = build(frame_of(handmade_rows(scores), tmp_path), None, BASELINES, META)
+    scores = {("rte", n): {name: [0.60 + i / 100] for i, name in enumerate(names)}
+              for n in (100, 300, 1000)}  # three sizes: a sizes plot
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
     ax = figures(board)["rte-sizes"].axes[0]
     colors = {line.get_label(): line.get_color() for line in ax.get_lines()
               if line.get_label() in names}
@@ -511,17 +753,17 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_a_board_of_fewer_runs_replaces_a_published_one_only_when_forced(tmp_path):
     frame = frame_of(handmade_rows(), tmp_path)
     out = tmp_path / "out"
-    publish(frame, None, out, "board", META, BASELINES)
+    publish(frame, None, out, "board", META)
     before = _files(out)
     empty = Store("sqlite://").frame()
     with pytest.raises(RegbenchError, match=r"shows 60 runs and this board only 0.*--force"):
-        publish(empty, None, out, "board", META, BASELINES)
+        publish(empty, None, out, "board", META)
     assert _files(out) == before
     smaller = frame[frame.task == "rte"]
-    publish(smaller, None, out, "board", META, BASELINES, force=True)
+    publish(smaller, None, out, "board", META, force=True)
     # CoLA's plots went with the board that had them.
-    assert sorted(p.name for p in out.glob("*.png")) == ["board-rte-seeds.png",
-                                                         "board-rte-sizes.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["board-forest.png",
+                                                         "board-rte-seeds.png"]
     assert json.loads((out / "board.json").read_text())["provenance"]["runs"] == {"finished": 30}
 
 
@@ -531,15 +773,15 @@ def test_an_unreadable_published_board_is_replaced_only_when_forced(tmp_path):
     (out / "board.json").write_text("{")
     frame = frame_of(handmade_rows(), tmp_path)
     with pytest.raises(RegbenchError, match="Cannot read how many runs"):
-        publish(frame, None, out, "board", META, BASELINES)
-    publish(frame, None, out, "board", META, BASELINES, force=True)
+        publish(frame, None, out, "board", META)
+    publish(frame, None, out, "board", META, force=True)
     assert json.loads((out / "board.json").read_text())["provenance"]["runs"] == {"finished": 60}
 
 
 def test_an_interrupted_publish_leaves_the_old_board_whole(tmp_path, monkeypatch):
     frame = frame_of(handmade_rows(), tmp_path)
     out = tmp_path / "out"
-    publish(frame[frame.task == "rte"], None, out, "board", META, BASELINES)
+    publish(frame[frame.task == "rte"], None, out, "board", META)
     before = _files(out)
     written = []
 
@@ -550,26 +792,47 @@ def test_an_interrupted_publish_leaves_the_old_board_whole(tmp_path, monkeypatch
 
     monkeypatch.setattr(leaderboard.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        publish(frame, None, out, "board", META, BASELINES)
+        publish(frame, None, out, "board", META)
     assert _files(out) == before  # and no temporary file is left behind
 
 
-def test_publishing_loads_no_deep_learning_stack(tmp_path, glue_dir):
-    """What `regbench leaderboard` does once its suite is read, in a fresh interpreter."""
+def test_publishing_reads_the_store_alone_and_loads_no_deep_learning_stack(tmp_path):
+    """What `regbench leaderboard` does once its suite is read, in a fresh interpreter, with no
+    GLUE data and no hub to reach."""
     frame_of(handmade_rows(), tmp_path)
     script = f"""
 import sys
-from regbench.leaderboard import baselines_of, publish
+from regbench.leaderboard import add_test_references, publish
 from regbench.store import Store
 
 frame = Store("sqlite:///{tmp_path / 'runs.db'}").frame("handmade")
-baselines = baselines_of(["rte", "cola"], {str(glue_dir)!r})
-publish(frame, None, {str(tmp_path / 'out')!r}, "board", {{}}, baselines)
+frame, computed = add_test_references(frame, ["rte", "cola"], "/nonexistent")
+assert not computed
+publish(frame, None, {str(tmp_path / 'out')!r}, "board", {{}})
 loaded = [name for name in ("torch", "transformers") if name in sys.modules]
 assert not loaded, loaded
 """
-    subprocess.run([sys.executable, "-c", script], check=True)
+    subprocess.run([sys.executable, "-c", script], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "REGBENCH_GLUE_DIR": "/nonexistent"})
     assert (tmp_path / "out" / "board.md").is_file()
+
+
+def test_an_older_store_gets_its_test_references_from_the_data_once(tmp_path, glue_dir):
+    # Runs stored before the column existed: no test reference.
+    rows = [{k: v for k, v in row.items() if k != "test_reference"} for row in handmade_rows()]
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    frame = frame_of(rows, tmp_path)
+    assert frame.test_reference.isna().all()
+    with pytest.raises(RegbenchError, match=r"The runs of cola, rte were stored without their "
+                                            r"test half's reference .*No GLUE data"):
+        add_test_references(frame, ["rte", "cola"], str(tmp_path / "no-glue"))
+    filled, computed = add_test_references(frame, ["rte", "cola"], str(glue_dir))
+    assert set(computed) == {"rte", "cola"} and filled.test_reference.notna().all()
+    Store(url).set_test_references(computed)
+    stored = Store(url, create=False).frame("handmade")
+    assert stored.test_reference.map(json.dumps).tolist() == filled.test_reference.map(
+        json.dumps).tolist()
+    assert add_test_references(stored, ["rte", "cola"], str(tmp_path / "no-glue"))[1] == {}
 
 
 @pytest.mark.parametrize("module", ["regbench.leaderboard", "regbench.plots",
@@ -579,12 +842,40 @@ def test_the_publishing_modules_import_no_deep_learning_stack(module):
                     "'transformers') if m in sys.modules]; assert not loaded, loaded"], check=True)
 
 
-def test_baselines_are_the_majority_class_on_the_test_half(glue_dir):
+def test_the_leaderboard_command_completes_an_older_store_once(tmp_path, glue_dir, monkeypatch):
+    suite = tmp_path / "handmade.yaml"
+    suite.write_text("tasks: [rte]\nsizes: [100]\nfinal_seeds: [0, 1, 2, 3, 4]\n"
+                     "regularizers: [vanilla, l2sp]\n")
+    recipe = load_suite(str(suite)).recipe.as_dict()
+    rows = [{**row, "recipe": recipe, "test_reference": None}
+            for row in handmade_rows({("rte", 100): SCORES[("rte", 100)]})
+            if row["regularizer"] != "mixout"]
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    frame_of(rows, tmp_path)
+    command = ["leaderboard", "--suite", str(suite), "--storage", url, "--out"]
+    assert main([*command, str(tmp_path / "first"), "--data-dir", str(glue_dir)]) == 0
+    assert Store(url, create=False).frame().test_reference.notna().all()
+    monkeypatch.setenv("REGBENCH_GLUE_DIR", str(tmp_path / "no-glue"))  # no data any more
+    assert main([*command, str(tmp_path / "second")]) == 0
+    assert ((tmp_path / "first" / "handmade.md").read_text()
+            == (tmp_path / "second" / "handmade.md").read_text())
+
+
+def test_test_references_are_the_constant_predictor_on_the_test_half(glue_dir):
     # RTE: the training set's majority is entailment (1249 of 2490); the dev set holds 146
-    # entailment of 277, and its stratified test half of 139 keeps the proportion, 73.
-    baselines = leaderboard.baselines_of(["rte", "cola", "stsb"], str(glue_dir))
-    assert baselines["rte"] == pytest.approx(73 / 139)
-    assert baselines["cola"] == 0.0 and baselines["stsb"] == 0.1
+    # entailment of 277, and its stratified test half of 139 keeps the proportion, 73. CoLA's
+    # is acceptable: 361 of its 522. STS-B's 1500 dev pairs halve to 750.
+    references = leaderboard.references_of(["rte", "cola", "stsb"], str(glue_dir))
+    rte, cola, stsb = (references[task] for task in ("rte", "cola", "stsb"))
+    assert (rte["test_size"], rte["label_counts"], rte["constant_prediction"]) == (
+        139, [73, 66], 0)
+    assert rte["constant_scores"] == {"accuracy": pytest.approx(73 / 139)}
+    assert (cola["test_size"], cola["label_counts"][1], cola["constant_prediction"]) == (
+        522, 361, 1)
+    assert cola["constant_scores"] == {"mcc": 0.0, "accuracy": pytest.approx(361 / 522)}
+    assert stsb["test_size"] == 750 and stsb["label_counts"] is None
+    assert stsb["constant_scores"] == {"pearson_spearman": 0.0, "pearson": 0.0,
+                                       "spearman": 0.0}
 
 
 # Partial and degenerate results ---------------------------------------------------------------
@@ -594,15 +885,14 @@ def test_partial_cells_are_flagged(tmp_path):
             if not (r["regularizer"] == "mixout" and r["task"] == "rte" and r["n_train"] == 1000
                     and r["seed"] >= 3)]
     rows.append(run("mixout", "rte", 1000, 3, None, status="failed", error="CUDA out of memory"))
-    board = build(frame_of(rows, tmp_path), expected_of(), BASELINES, META)
+    board = build(frame_of(rows, tmp_path), expected_of(), META)
     c = cell(board, "rte", 1000, "mixout")
     assert (c.n_completed, c.n_finished, c.n_planned, c.n_crashed) == (4, 3, 5, 1)
     assert c["mean"] == pytest.approx(np.mean([0.70, 0.71, 0.69, 0.527]))
     markdown = render(board, [])
-    table = section(section(markdown, "### RTE (accuracy)"), "#### N = 1000")
-    assert row_of(table, "mixout")[10] == "**4/5 (1 crashed)**"
-    sizes = section(section(markdown, "## Score as the training set grows"), "### RTE")
-    assert row_of(sizes, "mixout")[2].endswith("(4/5 seeds)")
+    table = section(section(section(markdown, "## Results by task and size"), "### RTE"),
+                    "#### N = 1000")
+    assert row_of(table, "mixout")[12] == "**4/5 (1 crashed)**"
     missing = section(markdown, "### Missing runs")
     assert row_of(missing, "mixout") == ["RTE", "1000", "mixout", "4/5", "4"]
     crashed = section(markdown, "### Diverged and crashed runs (failures, scored at the majority "
@@ -613,77 +903,98 @@ def test_partial_cells_are_flagged(tmp_path):
 
 def test_runs_outside_the_plan_are_left_out(tmp_path):
     rows = [*handmade_rows(), run("l2sp", "rte", 100, 9, 0.9)]
-    board = build(frame_of(rows, tmp_path), expected_of(), BASELINES, META)
+    board = build(frame_of(rows, tmp_path), expected_of(), META)
     assert cell(board, "rte", 100, "l2sp")["mean"] == pytest.approx(0.634)
     assert board.provenance["unplanned_runs"] == 1
 
 
 def test_without_a_plan_every_seed_of_a_size_is_expected(tmp_path):
     rows = [r for r in handmade_rows() if not (r["regularizer"] == "l2sp" and r["seed"] == 0)]
-    board = build(frame_of(rows, tmp_path), None, BASELINES, META)
+    board = build(frame_of(rows, tmp_path), None, META)
     assert set(board.cells.query("regularizer == 'l2sp'").n_completed) == {4}
     assert set(board.cells.n_planned) == {5}
 
 
-def test_a_task_without_a_baseline_is_an_error(tmp_path):
-    with pytest.raises(RegbenchError, match="No majority-class baseline for task.* cola"):
-        build(frame_of(handmade_rows(), tmp_path), None, {"rte": 0.527}, META)
+def test_runs_without_a_test_reference_are_an_error(tmp_path):
+    rows = [{**row, "test_reference": None} if row["task"] == "cola" else row
+            for row in handmade_rows()]
+    with pytest.raises(RegbenchError, match=r"No test reference stored for task\(s\) cola: "):
+        build(frame_of(rows, tmp_path), None, META)
 
 
-def test_significance_is_marked(tmp_path):
-    # Seven seeds. Against vanilla, "a" wins on every seed: p = 2/2^7. "b" loses the seed of
-    # rank 3: W- = 3, five of 128 sign patterns reach it, p = 10/128. Holm over the two:
-    # a: 2 * 1/64 = 1/32 < 0.05, b: max(1/32, 10/128) = 10/128.
+def test_a_primary_comparison_that_differs_heads_the_board(tmp_path):
+    # Seven seeds. Against vanilla, "a" wins on every seed by 0.01 to 0.07: 2 of the 128 sign
+    # patterns are as extreme, p = 1/64. "b" loses the third: flipping a set S of the steps
+    # (in hundredths, summing to 28) gives |28 - 2 sum(S)| >= 28 - 6 = 22 for S = {}, {1},
+    # {2}, {3}, {1, 2} and their complements, p = 10/128. Holm over the two: a: 2 * 1/64 = 1/32
+    # < 0.05, b: max(1/32, 10/128) = 10/128.
     vanilla = np.array([0.60, 0.61, 0.62, 0.58, 0.57, 0.59, 0.63])
     steps = 0.01 * np.arange(1, 8)
     scores = {("rte", 300): {"vanilla": vanilla, "a": vanilla + steps,
                              "b": vanilla + steps * [1, 1, -1, 1, 1, 1, 1]}}
-    board = build(frame_of(handmade_rows(scores), tmp_path), None, BASELINES, META)
-    a, b = cell(board, "rte", 300, "a"), cell(board, "rte", 300, "b")
-    assert (a.p_value, b.p_value) == pytest.approx((1 / 64, 10 / 128))
-    assert (a.p_holm, b.p_holm) == pytest.approx((1 / 32, 10 / 128))
-    assert a.significant and not b.significant
-    markdown = render(board, [])
-    table = section(markdown, "#### N = 300")
-    assert row_of(table, "a")[2].endswith("†") and "†" not in row_of(table, "b")[2]
-    assert row_of(section(markdown, "## Overall"), "a")[5] == "1 / 0"
-    assert "smallest two-sided Wilcoxon" not in markdown
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
+    primary = board.primary.set_index("regularizer")
+    assert primary.p_value.to_dict() == pytest.approx({"a": 1 / 64, "b": 10 / 128})
+    assert primary.p_holm.to_dict() == pytest.approx({"a": 1 / 32, "b": 10 / 128})
+    assert primary.significant.to_dict() == {"a": True, "b": False}
+    headline = section(render(board, []), "## Headline")
+    assert ("**1 of 2 differ from vanilla** (2 comparisons, each over 7 (size, seed) pairs at "
+            "N = 300)") in headline
+    # a's differences: mean 0.04, standard deviation 0.0216, t(0.975, 6) = 2.4469: ± 0.020.
+    assert row_of(headline, "a") == ["a", "+0.040", "[+0.020, +0.060]", "0.016", "0.031"]
+    assert ("The other 1 do not differ from vanilla after Holm's correction. With 7 pairs the "
+            "smallest p is 0.016") in headline
+    assert row_of(section(render(board, []), "## Overall"), "a")[5] == "1 / 0"
+
+
+def test_a_board_that_can_reject_nothing_says_so_and_what_it_could_detect(tmp_path):
+    # Three seeds: no sign-flip p below 2/8, far above Holm's first threshold.
+    scores = {("rte", 300): {"vanilla": [0.60, 0.62, 0.64], "a": [0.70, 0.72, 0.75]}}
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
+    task = board.tasks.iloc[0]
+    assert (task.pairs, task.smallest_p, task.differ) == (3, 0.25, 0)
+    headline = section(render(board, []), "## Headline")
+    assert ("**No regularizer differs from vanilla** (1 comparisons, each over 3 (size, seed) "
+            "pairs at N = 300). With 3 pairs the smallest p is 0.250, above Holm's first threshold "
+            "(0.05 / 1): no comparison could have been significant.") in headline
 
 
 def test_single_seed_shows_no_spread(tmp_path):
     scores = {("rte", 100): {"vanilla": [0.6], "l2sp": [0.7]}}
-    board = build(frame_of(handmade_rows(scores), tmp_path), None, BASELINES, META)
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
     assert math.isnan(cell(board, "rte", 100, "l2sp")["std"])
     row = row_of(section(render(board, []), "#### N = 100"), "l2sp")
-    assert row[2] == "0.700 ± –" and row[5] == "[–, –]"
+    assert row[2] == "0.700 ± –" and row[6] == "[–, –]"
 
 
 def test_all_diverged_cell_ranks_last(tmp_path):
     rows = [run("vanilla", "cola", 100, s, 0.1 * s) for s in range(3)]
     rows += [run("mixout", "cola", 100, s, None, status="diverged",
                  error="training loss became nan at step 7 of 100") for s in range(3)]
-    board = build(frame_of(rows, tmp_path), None, BASELINES, META)
+    board = build(frame_of(rows, tmp_path), None, META)
     mixout = cell(board, "cola", 100, "mixout")
     assert mixout["mean"] == 0 and mixout.failure_rate == 1.0
     assert mixout.rank_score == 2 and mixout.rank_stability == 2
     markdown = render(board, [])
-    assert row_of(section(markdown, "#### N = 100"), "mixout")[2:7] == [
-        "0.000 ± 0.000", "0.000", "0.000", "[0.000, 0.000]", "3/3"]
+    assert row_of(section(markdown, "#### N = 100"), "mixout")[2:8] == [
+        "0.000 ± 0.000", "–", "0.000", "0.000", "[0.000, 0.000]", "3/3"]
     assert "training loss became nan at step 7" in section(markdown, "## Provenance")
 
 
 def test_missing_vanilla(tmp_path):
     scores = {("rte", 100): {"l2sp": [0.6, 0.7, 0.65]}}
-    board = build(frame_of(handmade_rows(scores), tmp_path), None, BASELINES, META)
+    board = build(frame_of(handmade_rows(scores), tmp_path), None, META)
     l2sp = cell(board, "rte", 100, "l2sp")
     assert math.isnan(l2sp.p_value) and math.isnan(l2sp.time_vs_vanilla)
-    assert "none on this board" in render(board, [])
+    assert board.primary.empty
+    assert ("No primary comparison: no paired runs of vanilla and another regularizer"
+            in section(render(board, []), "## Headline"))
 
 
 @pytest.mark.parametrize("frame", [Store("sqlite://").frame(), pd.DataFrame()],
                          ids=["empty store", "no columns"])
 def test_empty_frame(tmp_path, frame):
-    path = publish(frame, None, tmp_path, "empty", META, BASELINES)
+    path = publish(frame, None, tmp_path, "empty", META)
     assert "No final runs" in path.read_text()
     assert json.loads((tmp_path / "empty.json").read_text())["cells"] == []
     assert not list(tmp_path.glob("*.png"))
@@ -691,7 +1002,7 @@ def test_empty_frame(tmp_path, frame):
 
 def test_planned_but_never_run(tmp_path):
     expected = expected_of({("rte", 100): {"vanilla": None}}, seeds=3)
-    board = build(Store("sqlite://").frame(), expected, BASELINES, META)
+    board = build(Store("sqlite://").frame(), expected, META)
     assert board.cells.n_planned.tolist() == [3] and board.cells.n_completed.tolist() == [0]
     markdown = render(board, [])
     assert row_of(section(markdown, "### Missing runs"), "vanilla") == [
@@ -701,40 +1012,70 @@ def test_planned_but_never_run(tmp_path):
 
 # Noise stability -------------------------------------------------------------------------------
 
-def _measured(summary: float, depth: int = 2) -> dict:
-    """A run's noise-stability measure whose every entry is `summary` (row i, layers above i)."""
-    return {"summary": summary,
-            "table": [[summary if k > i else None for k in range(1, depth + 1)]
-                      for i in range(depth)],
+def _measured(summary: float, depth: int = 2, parts: tuple = ("table", "distance")) -> dict:
+    """A run's noise-stability measure whose every relative change is `summary` and every distance
+    ten times that (row i, layers above i); `parts` are the tables it has (older runs lack the
+    distance, or both)."""
+    def table(value: float) -> list:
+        return [[value if k > i else None for k in range(1, depth + 1)] for i in range(depth)]
+
+    found = {"table": table(summary), "distance": table(10 * summary)}
+    return {"summary": summary, **{part: found[part] for part in parts},
             "settings": {"scale": 0.05, "draws": 2, "examples": 32, "seed": 0}}
 
 
-def test_noise_stability_per_cell_per_task_and_in_a_plot(tmp_path):
-    """Scores that fall as the noise sensitivity rises, as Hua et al. find; a crashed run carries
-    no measure and counts in no noise statistic."""
-    noise = {"vanilla": [0.30, 0.12, 0.40], "l2sp": [0.10, 0.15, 0.05]}
-    scores = {"vanilla": [0.60, 0.62, 0.58], "l2sp": [0.70, 0.66, 0.72]}
+def test_noise_stability_within_cells_per_layer_and_in_plots(tmp_path):
+    """Within each cell the better seeds move less, as Hua et al. find, while across cells the
+    better cell moves more: the board reports the first and never pools. l2sp's runs predate the
+    distance, mixout's the per-layer table; a crashed run carries no measure."""
+    noise = {"vanilla": [0.30, 0.12, 0.40, 0.20], "l2sp": [0.50, 0.55, 0.45, 0.60],
+             "mixout": [0.31, 0.32, 0.33]}
+    scores = {"vanilla": [0.60, 0.64, 0.58, 0.62], "l2sp": [0.70, 0.68, 0.72, 0.66],
+              "mixout": [0.64, 0.66, 0.62]}
+    parts = {"vanilla": ("table", "distance"), "l2sp": ("table",), "mixout": ()}
     rows = [run(reg, "rte", 100, seed, scores[reg][seed],
-                noise_stability=_measured(noise[reg][seed]))
-            for reg in noise for seed in range(3)]
-    rows.append(run("l2sp", "rte", 100, 3, None, status="failed"))
-    board = build(frame_of(rows, tmp_path), None, BASELINES, META)
+                noise_stability=_measured(noise[reg][seed], parts=parts[reg]))
+            for reg in noise for seed in range(len(noise[reg]))]
+    rows.append(run("l2sp", "rte", 100, 4, None, status="failed"))
+    board = build(frame_of(rows, tmp_path), None, META)
     for reg in noise:
-        got = cell(board, "rte", 100, reg)
-        assert got.noise == pytest.approx(np.mean(noise[reg]))
-        mean = pytest.approx(np.mean(noise[reg]), abs=1e-6)  # kept to six decimals
-        assert json.loads(got.noise_table) == [[mean, mean], [None, mean]]
-    flat_noise = [*noise["vanilla"], *noise["l2sp"]]
-    flat_scores = [*scores["vanilla"], *scores["l2sp"]]
-    rho, p = stats.spearmanr(flat_scores, flat_noise)
-    found = board.provenance["noise_stability"]["rte"]
-    assert found == {"spearman": pytest.approx(rho), "p_value": pytest.approx(p), "runs": 6}
-    assert -1 < rho < -0.5
+        assert cell(board, "rte", 100, reg).noise == pytest.approx(np.mean(noise[reg]))
+    mean = pytest.approx(np.mean(noise["vanilla"]), abs=1e-6)  # kept to six decimals
+    assert json.loads(cell(board, "rte", 100, "vanilla").noise_table) == [[mean, mean],
+                                                                          [None, mean]]
+    curves = board.noise_curves.set_index(["regularizer", "injected", "layer"])
+    assert len(curves) == 2 * 3  # vanilla's and l2sp's (i, k): (0, 1), (0, 2), (1, 2)
+    top = curves.loc[("vanilla", 0, 2)]  # kept to six decimals, as the mean tables
+    assert top.relative_mean == pytest.approx(np.mean(noise["vanilla"]), abs=1e-6)
+    assert top.relative_std == pytest.approx(np.std(noise["vanilla"], ddof=1), abs=1e-6)
+    assert top.distance_mean == pytest.approx(10 * np.mean(noise["vanilla"]), abs=1e-6)
+    assert (top.relative_runs, top.distance_runs) == (4, 4)
+    assert curves.loc[("l2sp", 1, 2)].distance_runs == 0
+    assert np.isnan(curves.loc[("l2sp", 1, 2)].distance_mean)
+
+    pooled = stats.spearmanr([s for reg in noise for s in scores[reg]],
+                             [v for reg in noise for v in noise[reg]]).statistic
+    within = np.mean([stats.spearmanr(scores[reg], noise[reg]).statistic for reg in noise])
+    assert pooled > 0 > within
+    overall = board.noise_correlations.iloc[0]
+    assert pd.isna(overall.n_train) and (overall.cells, overall.runs) == (3, 11)
+    assert overall.within_spearman == pytest.approx(within) and overall.within_p < 0.05
+    by_size = board.noise_correlations.iloc[1]
+    assert by_size.n_train == 100 and by_size.across_cells == 3
+    means = stats.spearmanr([np.mean(scores[reg]) for reg in noise],
+                            [np.mean(noise[reg]) for reg in noise])
+    assert by_size.across_spearman == pytest.approx(means.statistic)
+
     markdown = render(board, [])
     noise_section = section(markdown, "## Noise stability")
-    assert re.search(rf"\| RTE +\| 6 +\| {rho:.2f} +\| {p:.3f} +\|", noise_section)
+    assert re.search(rf"\| RTE +\| all +\| 11 +\| 3 +\| {within:.2f} +\| ", noise_section)
     assert "5% noise, the first 32 test examples, 2 draws" in noise_section
+    assert "The per-layer table is missing for 3 of 11 measured runs" in noise_section
+    assert "The per-layer L2 distance is missing for 4 of 11 measured runs" in noise_section
     vanilla = row_of(section(markdown, "#### N = 100"), "vanilla")
-    assert vanilla[11] == f"{np.mean(noise['vanilla']):.3f}"
+    assert vanilla[13] == f"{np.mean(noise['vanilla']):.3f}"
     drawn = figures(board)
-    assert "rte-noise" in drawn and f"ρ = {rho:.2f}" in drawn["rte-noise"].axes[0].get_title()
+    assert f"ρ = {within:.2f}" in drawn["rte-noise"].axes[0].get_title()
+    layers = drawn["rte-layers"].axes[0]
+    assert "relative change" in layers.get_ylabel()  # l2sp has no distance to draw
+    assert {line.get_label() for line in layers.get_lines()} == {"vanilla", "l2sp"}

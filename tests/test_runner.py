@@ -46,10 +46,17 @@ def test_suite_runs_tunes_stores_and_resumes(glue_dir, tmp_path, caplog):
         ("vanilla", 1), ("vanilla", 2), ("weight_decay", 1), ("weight_decay", 2)]
     assert (finals.status == "finished").all() and finals.test_score.between(0, 1).all()
     assert runs.key.is_unique and (runs.phase == "tune").sum() == 2
+    # Two trials are random search, which the tuning runs record for the board.
+    assert [p["sampler"]["sampler"] for p in runs[runs.phase == "tune"].provenance] == ["qmc"] * 2
+    assert "sampler" not in finals.provenance.iloc[0]
     row = finals.iloc[0]
     assert {"regbench", "torch", "transformers", "git_commit", "device"} <= set(row.provenance)
     # On the CPU there is no per-run memory figure to store.
     assert row.seconds > 0 and pd.isna(row.peak_memory_mb) and row.recipe["max_length"] == 32
+    # What the board judges the run against, stored with it: RTE's test half of 139, its
+    # majority class (entailment, label 0) 73 of them.
+    assert row.test_reference["test_size"] == 139 and row.test_reference["label_counts"] == [73, 66]
+    assert row.test_reference["constant_scores"]["accuracy"] == pytest.approx(73 / 139)
 
     plan = Plan.of(suite)
     study = optuna.load_study(study_name=plan.study_name(Cell("weight_decay", "rte", 16)),

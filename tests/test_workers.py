@@ -197,7 +197,7 @@ def test_workers_without_tuning_publish_the_single_worker_leaderboard(storage_ur
     (tmp_path / "alone").mkdir()
     _finish(_start_workers(1, suite_file, alone, glue_dir, tmp_path / "alone"), tmp_path / "alone")
     shared, single = (pd.read_csv(publish_suite(suite, Store(url).frame(suite.name),
-                                                tmp_path / name, str(glue_dir)).with_suffix(".csv"))
+                                                tmp_path / name).with_suffix(".csv"))
                       .drop(columns=["seconds", "peak_memory_mb", "time_vs_vanilla"])
                       for name, url in (("shared", storage_url), ("alone", alone)))
     pd.testing.assert_frame_equal(shared, single)  # scores, statistics and ranks; not timings
