@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import signal
@@ -11,27 +11,56 @@ import sys
 import traceback
 from pathlib import Path
 
-import yaml
 from tabulate import tabulate
 
+from regbench import strict_yaml
 from regbench.errors import RegbenchError
 
 log = logging.getLogger("regbench")
 
 
 def parse_params(pairs: list[str]) -> dict:
-    """`--param k=v` pairs; values are read as YAML, so numbers and booleans keep their type."""
+    """`--param k=v` pairs; values are read as a suite's YAML is, so numbers and booleans keep
+    their type. A name given twice is an error, not the last one kept."""
     params = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise RegbenchError(f"--param {pair!r} is not of the form name=value.")
-        params[key.strip()] = yaml.safe_load(value)
+        if key in params:
+            raise RegbenchError(f"--param {key} is given twice ({params[key]!r} and {value!r}); "
+                                "give each parameter once.")
+        params[key] = strict_yaml.load(value, f"--param {key}")
     return params
 
 
+_GIVEN = "_flags_given"  # the namespace attribute where `_once` notes the flags seen
+
+
+def _once(action: type[argparse.Action]) -> type[argparse.Action]:
+    """`action`, refusing its flag's second appearance: argparse would keep the last silently."""
+
+    class Once(action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            given = namespace.__dict__.setdefault(_GIVEN, set())
+            if self.dest in given:
+                parser.error(f"argument {'/'.join(self.option_strings)}: given twice; give it "
+                             "once")
+            given.add(self.dest)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Once
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser, its mistakes reported as regbench's: one line, exit code 2."""
+    """argparse's parser, its mistakes reported as regbench's: one line, exit code 2; a flag given
+    twice is one of them (`--param`, a documented list, apart)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in (None, "store", "store_true"):
+            self.register("action", name, _once(self._registry_get("action", name)))
 
     def error(self, message: str):
         raise RegbenchError(f"{self.prog}: {message} (see {self.prog} --help).")
@@ -90,6 +119,7 @@ def cmd_tasks(args) -> None:
 def cmd_train(args) -> None:
     from regbench.features import task_data
     from regbench.harness import fine_tune, pick_device
+    from regbench.jsonout import strict_json
     from regbench.modeling import check_max_length, model_depth
     from regbench.plugins import build
     from regbench.recipe import Recipe
@@ -114,12 +144,12 @@ def cmd_train(args) -> None:
     result = fine_tune(data, regularizer, args.seed, args.model, recipe, device,
                        progress=not args.json)
     if args.json:
-        print(json.dumps({"task": task.name, "regularizer": regularizer.name,
-                          "params": regularizer.params, "n_train": len(data.train),
-                          "seed": args.seed, "status": result.status, "error": result.error,
-                          "steps": result.steps, "seconds": round(result.seconds, 2),
-                          "validation": result.validation, "test": result.test,
-                          "noise_stability": result.noise_stability}, indent=2))
+        print(strict_json({"task": task.name, "regularizer": regularizer.name,
+                           "params": regularizer.params, "n_train": len(data.train),
+                           "seed": args.seed, "status": result.status, "error": result.error,
+                           "steps": result.steps, "seconds": round(result.seconds, 2),
+                           "validation": result.validation, "test": result.test,
+                           "noise_stability": result.noise_stability}, indent=2))
         return
     if result.status != "finished":
         print(f"run {result.status}: {result.error}")
@@ -149,7 +179,8 @@ def cmd_run(args) -> None:
 
     suite = _suite_from_args(args)
     storage = storage_url(suite.name, args.storage)
-    Param(300.0, gt=0).validate(args.heartbeat_timeout, "--heartbeat-timeout")
+    # Up to a week: a worker silent for longer is gone, and a longer wait overflows the clock.
+    Param(300.0, gt=0, le=7 * 24 * 3600).validate(args.heartbeat_timeout, "--heartbeat-timeout")
     if args.dry_run:
         from regbench.harness import mixed_precision, pick_device
         from regbench.runner import describe_device
@@ -181,21 +212,19 @@ def cmd_run(args) -> None:
 
 
 def _left_to_train(plan, storage: str, force: bool) -> dict:
-    """`Plan.left` from the suite's store: every run where it cannot be read (the run itself will
-    say why) or with --force."""
-    from regbench.store import Store
+    """`Plan.left` from the suite's store, once the store is one `run` would write to: every run
+    where there is no store yet, or with --force."""
+    from regbench.store import planned_store
 
-    if not force:
-        try:
-            store = Store(storage, create=False)
-            return plan.left(store.frame(plan.suite.name), store.study_names())
-        except RegbenchError as err:
-            log.info("no stored runs counted: %s", err)
-    return {cell: plan.runs(cell) for cell in plan.cells}
+    store = planned_store(storage)
+    if store is None or force:
+        return {cell: plan.runs(cell) for cell in plan.cells}
+    return plan.left(store.frame(plan.suite.name), store.study_names())
 
 
 def cmd_results(args) -> None:
-    from regbench.store import Store, storage_url
+    from regbench.outputs import check_targets, write_whole
+    from regbench.store import Store, sqlite_file, storage_url
     from regbench.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -213,7 +242,9 @@ def cmd_results(args) -> None:
         else:
             print(partial + "\n")
     if args.csv:
-        frame.to_csv(args.csv, index=False)
+        target = Path(args.csv)
+        check_targets([target], sqlite_file(storage), _earlier_results_csv, args.force)
+        write_whole(target.parent, {target.name: frame.to_csv(index=False).encode()})
         print(f"{len(frame)} runs written to {args.csv}")
         return
     if frame.empty:
@@ -226,6 +257,16 @@ def cmd_results(args) -> None:
     print(tabulate(frame[columns].values.tolist(), headers=columns, floatfmt=".4f"))
 
 
+def _earlier_results_csv(path: Path) -> bool:
+    """Whether `path` looks written by `results --csv`: its header starts with the runs table's
+    first columns."""
+    try:
+        with path.open(encoding="utf-8") as file:
+            return file.readline().startswith("key,suite,phase,")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _missing_final_runs(suite, frame) -> int:
     """How many of the suite's final runs, as it is set up now, have no settled result."""
     from regbench.store import stored_per_cell
@@ -236,12 +277,14 @@ def _missing_final_runs(suite, frame) -> int:
 
 def cmd_leaderboard(args) -> None:
     from regbench.leaderboard import publish_suite
-    from regbench.store import Store, storage_url
+    from regbench.store import Store, sqlite_file, storage_url
     from regbench.suite import load_suite
 
     suite = load_suite(args.suite)
-    frame = Store(storage_url(suite.name, args.storage), create=False).frame(suite.name)
-    path = publish_suite(suite, frame, args.out, args.data_dir, force=args.force)
+    storage = storage_url(suite.name, args.storage)
+    frame = Store(storage, create=False).frame(suite.name)
+    path = publish_suite(suite, frame, args.out, args.data_dir, force=args.force,
+                         store=sqlite_file(storage))
     print(f"leaderboard written to {path}, from the {len(frame)} runs stored for suite "
           f"{suite.name} (its final runs in the plan are shown)")
 
@@ -271,6 +314,17 @@ def _describe(dist) -> str:
     if isinstance(dist, CategoricalDistribution):
         return "{" + ", ".join(map(str, dist.choices)) + "}"
     return f"{'log-' if dist.log else ''}[{dist.low:g}, {dist.high:g}]"
+
+
+_TRUE = ("1", "true", "yes", "on", "y", "t")
+_FALSE = ("", "0", "false", "no", "off", "n", "f")
+
+
+def _check_debug_variable() -> None:
+    value = os.environ.get("REGBENCH_DEBUG", "")
+    if value.strip().lower() not in (*_TRUE, *_FALSE):
+        raise RegbenchError(f"REGBENCH_DEBUG={value!r} is neither true (1, true, yes, on) nor "
+                            "false (0, false, no, off, or unset).")
 
 
 def _interrupt(signum, frame) -> None:
@@ -361,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     results.add_argument("--storage")
     results.add_argument("--phase", choices=["final", "tune", "all"], default="final")
     results.add_argument("--csv", help="write the runs to this CSV file instead")
+    results.add_argument("--force", action="store_true",
+                         help="replace a file that --csv names even if results did not write it")
     results.set_defaults(run=cmd_results)
 
     board = commands.add_parser("leaderboard", help="write the markdown leaderboard of a suite")
@@ -375,11 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     for command in commands.choices.values():
         _add_output_options(command, argparse.SUPPRESS)
 
-    debug = os.environ.get("REGBENCH_DEBUG", "") not in ("", "0")
+    debug = os.environ.get("REGBENCH_DEBUG", "").strip().lower() in _TRUE
     # A scheduler's SIGTERM ends a worker as Ctrl-C does: its open claims are given back at once.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        _check_debug_variable()
         args = parser.parse_args(_numbers_as_values(sys.argv[1:] if argv is None else argv))
+        vars(args).pop(_GIVEN, None)
         debug |= args.debug
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -391,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+    except BrokenPipeError:
+        # The reader has all it wanted (`regbench results | head -1`): not an error. Python would
+        # fail again flushing at exit, so what is left goes nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RegbenchError as err:
         if debug:
             traceback.print_exc()

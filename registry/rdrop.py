@@ -37,7 +37,7 @@ class RDrop(Regularizer):
     name = "rdrop"
     description = "Two dropout passes per batch; the symmetric KL between their predictions."
     citation = "Liang et al., NeurIPS 2021, R-Drop: Regularized Dropout for Neural Networks"
-    hyperparameters = {"alpha": Param(1.0, ge=0)}
+    hyperparameters = {"alpha": Param(1.0, ge=0, le=1e3)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

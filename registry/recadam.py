@@ -54,8 +54,8 @@ class RecAdam(Regularizer):
     citation = ("Chen et al., EMNLP 2020, Recall and Learn: Fine-tuning Deep Pretrained Language "
                 "Models with Less Forgetting")
     # The authors' BERT-base runs: γ (pretrain_cof) 5000, k 0.1, t0 1000 of 9000 steps.
-    hyperparameters = {"k": Param(0.1, gt=0), "t0": Param(0.1, ge=0, le=1),
-                       "gamma": Param(5000.0, ge=0)}
+    hyperparameters = {"k": Param(0.1, gt=0, le=100), "t0": Param(0.1, ge=0, le=1),
+                       "gamma": Param(5000.0, ge=0, le=1e7)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:
