@@ -22,17 +22,17 @@ log = logging.getLogger("regbench")
 def parse_params(pairs: list[str]) -> dict:
     """`--param k=v` pairs; values are read as a suite's YAML is, so numbers and booleans keep
     their type. A name given twice is an error, not the last one kept."""
-    params = {}
+    given = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise RegbenchError(f"--param {pair!r} is not of the form name=value.")
-        if key in params:
-            raise RegbenchError(f"--param {key} is given twice ({params[key]!r} and {value!r}); "
+        if key in given:
+            raise RegbenchError(f"--param {key} is given twice ({given[key]!r} and {value!r}); "
                                 "give each parameter once.")
-        params[key] = strict_yaml.load(value, f"--param {key}")
-    return params
+        given[key] = value
+    return {key: strict_yaml.load(value, f"--param {key}") for key, value in given.items()}
 
 
 _GIVEN = "_flags_given"  # the namespace attribute where `_once` notes the flags seen
@@ -187,10 +187,10 @@ def cmd_run(args) -> None:
 
         plan, device = Plan.of(suite), pick_device(args.device)
         plan.prepare_data(args.data_dir)
+        left = _left_to_train(plan, storage, args.force)
         precision = "bf16 autocast" if mixed_precision(suite.recipe.precision, device) else "fp32"
         log.info("timing two short runs per task on %s for the estimate", device)
         seconds = estimate_seconds(plan, args.device, args.data_dir)
-        left = _left_to_train(plan, storage, args.force)
         rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
                  plan.tuning_runs(c), len(suite.final_seeds), plan.runs(c) - left[c],
                  seconds[c] * left[c] / 60] for c in plan.cells]

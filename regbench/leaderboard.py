@@ -63,8 +63,10 @@ def publish(frame: pd.DataFrame, expected: pd.DataFrame | None, out_dir: Path, n
             raise RegbenchError(f"The board published in {out_dir} as {name} shows {before} runs "
                                 f"and this one only {shown}: is the storage right? Pass --force "
                                 "to replace it.")
-        published = any((out_dir / f"{name}.{kind}").is_file() for kind in ("json", "csv"))
-        own = {f"{name}.md", f"{name}.csv", f"{name}.json", *old_images} if published else set()
+        if any((out_dir / f"{name}.{kind}").is_file() for kind in ("json", "csv")):
+            own = {f"{name}.md", f"{name}.csv", f"{name}.json", *old_images, *images}
+        else:
+            own = set()  # nothing there is known to be a board's
         check_targets([out_dir / f for f in files], store, lambda path: path.name in own, force)
         write_whole(out_dir, files)
         for image in set(old_images) - set(images):

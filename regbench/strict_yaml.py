@@ -9,6 +9,7 @@ wants true or false, and says so); `032` is refused, as YAML 1.1 and 1.2 read it
 
 from __future__ import annotations
 
+import io
 import re
 
 import yaml
@@ -135,7 +136,9 @@ def load(text: str, source: str):
     if len(text) > MAX_CHARS:
         raise RegbenchError(f"{source} holds {len(text)} characters, more than the "
                             f"{MAX_CHARS} a suite may; is it the right file?")
+    stream = io.StringIO(text)
+    stream.name = source  # where PyYAML's messages say the mistake is
     try:
-        return yaml.load(text, Loader=_Loader)
+        return yaml.load(stream, Loader=_Loader)
     except yaml.YAMLError as err:
         raise RegbenchError(f"{source} is not valid YAML: {' '.join(str(err).split())}") from None
