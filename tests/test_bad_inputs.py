@@ -5,6 +5,7 @@ their own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -12,14 +13,24 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
+import sqlalchemy as sa
 import torch
 
-from regbench import features
-from regbench.cli import main
-from regbench.store import Store
+from regbench import features, leaderboard, strict_yaml
+from regbench.cli import main, parse_params
+from regbench.errors import RegbenchError
+from regbench.harness import fine_tune
+from regbench.jsonout import strict_json
+from regbench.modeling import load_tokenizer
+from regbench.plugin import Regularizer
+from regbench.store import Store, runs
+from regbench.suite import load_suite
+from regbench.tasks import get_task
 
 TINY = ("tasks: [rte]\nsizes: [16]\nregularizers: [vanilla]\nfinal_seeds: [1]\n"
         "tuning_seeds: [101]\ntuning: {trials: 0}\n"
@@ -597,3 +608,118 @@ def test_a_bug_is_one_line_naming_the_plugin_and_debug_shows_the_traceback(
     debugged = _regbench(*args, "--debug", env=env)
     assert debugged.returncode == 1 and "Traceback" in debugged.stderr
     assert "KeyError: 'missing'" in debugged.stderr
+
+
+# -- what the table cannot show -------------------------------------------------------------------
+
+def test_yaml_is_read_as_yaml_1_2_with_merge_keys():
+    text = ("rates: &rates {epochs: 1, learning_rate: 2e-5}\nrecipe: {<<: *rates, epochs: 2}\n"
+            "words: [yes, no, on, off, 1_000, 1:30, 2024-01-01]\nflags: [true, FALSE]\n"
+            "numbers: [0x1F, 0o17, -.5, .inf, 7]\n")
+    values = strict_yaml.load(text, "t")
+    assert values["recipe"] == {"epochs": 2, "learning_rate": 2e-5}
+    assert values["words"] == ["yes", "no", "on", "off", "1_000", "1:30", "2024-01-01"]
+    assert values["flags"] == [True, False]
+    assert values["numbers"] == [31, 15, -0.5, float("inf"), 7]
+    assert parse_params(["alpha=2e-5", "decoupled=true", "noise=off"]) == {
+        "alpha": 2e-5, "decoupled": True, "noise": "off"}
+
+
+def test_a_damaged_feature_cache_entry_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setenv(features.CACHE_ENV, str(tmp_path / "cache"))
+    (tmp_path / "RTE").mkdir()
+    for name in ("train", "dev"):
+        (tmp_path / "RTE" / f"{name}.tsv").write_text(GOOD_RTE)
+    task, tokenizer = get_task("rte"), load_tokenizer("minilm")
+
+    def loaded() -> dict:
+        cached = features.load_features(task, tokenizer, 16, tmp_path)
+        return {split: (list(cached[split]["input_ids"]), list(cached[split]["label"]))
+                for split in cached}
+
+    whole = loaded()
+    damages = [lambda entry: (lambda arrow: arrow.write_bytes(arrow.read_bytes()[:100]))(
+                   next(entry.rglob("*.arrow"))),  # cut short
+               lambda entry: next(entry.rglob("state.json")).write_text("{"),  # edited
+               lambda entry: shutil.rmtree(entry / "train"),  # a split gone
+               lambda entry: (shutil.rmtree(entry), entry.write_text("x"))]  # not a folder
+    for damage in damages:
+        [entry] = (tmp_path / "cache" / "features").iterdir()
+        damage(entry)
+        assert loaded() == whole
+
+
+class _Poisoned(Regularizer):
+    """Leaves every weight non-finite after the last step, the loss of every step finite."""
+
+    name = "poisoned"
+
+    def after_step(self, model):
+        if self.state.step == self.state.total_steps:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.fill_(float("nan"))
+
+
+def test_non_finite_weights_end_a_run_as_diverged_and_json_stays_strict(rte_data, tiny_recipe):
+    result = fine_tune(rte_data, _Poisoned(), seed=1, recipe=tiny_recipe, progress=False)
+    assert result.status == "diverged" and not result.test
+    assert re.fullmatch(r"weights became non-finite by step 4 of 4", result.error)
+    printed = strict_json({"score": float("nan"), "runs": [1.0, float("-inf")]})
+    assert printed == '{"score": null, "runs": [1.0, null]}'
+
+
+def _board_store(tmp_path, seeds: int, copies: int = 1) -> str:
+    """A store of the quickstart suite's vanilla runs on STS-B at N = 64, `seeds` of its seeds
+    (`copies` of each, under other keys, for a long listing)."""
+    url = f"sqlite:///{tmp_path / f'{seeds}-{copies}.db'}"
+    store, quickstart = Store(url), load_suite("quickstart")
+    rows = [{"key": f"k{seed}-{copy}", "suite": "quickstart", "phase": "final",
+             "regularizer": "vanilla", "regularizer_version": "1", "params": {}, "task": "stsb",
+             "n_train": 64, "data_seed": quickstart.data_seed, "seed": seed,
+             "model": quickstart.model, "recipe": quickstart.recipe.as_dict(),
+             "status": "finished", "test_score": 0.1 * seed, "seconds": 1.0, "provenance": {}}
+            for seed in quickstart.final_seeds[:seeds] for copy in range(copies)]
+    with store.engine.begin() as connection:
+        connection.execute(sa.insert(runs), rows)
+    store.engine.dispose()
+    return url
+
+
+def test_output_to_a_closed_pipe_is_not_an_error(tmp_path):
+    url = _board_store(tmp_path, 5, copies=400)  # a listing larger than a pipe holds
+    done = subprocess.run(f"{shlex.quote(sys.executable)} -m regbench.cli results --suite "
+                          f"quickstart --storage {url} | head -1", shell=True, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("PARTIAL")
+
+
+def test_concurrent_publishes_never_shrink_a_board_nor_does_a_deleted_json(
+        tmp_path, glue_dir, monkeypatch):
+    read, delays = leaderboard._published, {5: 0.5, 2: 1.0}
+
+    def slow_reader(out_dir, name, force):  # without the lock, both would read an empty folder
+        found = read(out_dir, name, force)
+        time.sleep(delays[threading.current_thread().seeds])
+        return found
+
+    monkeypatch.setattr(leaderboard, "_published", slow_reader)
+    out, quickstart = tmp_path / "board", load_suite("quickstart")
+    frames = {seeds: Store(_board_store(tmp_path, seeds), create=False).frame()
+              for seeds in delays}
+
+    def publish(seeds: int) -> None:
+        threading.current_thread().seeds = seeds
+        with contextlib.suppress(RegbenchError):  # the smaller, once the larger is there
+            leaderboard.publish_suite(quickstart, frames[seeds], out, str(glue_dir))
+
+    threads = [threading.Thread(target=publish, args=(seeds,)) for seeds in delays]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.undo()
+    assert leaderboard._published(out, "quickstart", False)[0] == 5
+    (out / "quickstart.json").unlink()  # the guard still reads the board's CSV
+    assert leaderboard._published(out, "quickstart", False)[0] == 5
