@@ -173,6 +173,7 @@ def _suite_from_args(args):
 
 
 def cmd_run(args) -> None:
+    from regbench.outputs import make_folder
     from regbench.params import Param
     from regbench.runner import Plan, SuiteRunner, estimate_seconds
     from regbench.store import storage_url
@@ -184,10 +185,14 @@ def cmd_run(args) -> None:
     if args.dry_run:
         from regbench.harness import mixed_precision, pick_device
         from regbench.runner import describe_device
+        from regbench.store import planned_store
 
         plan, device = Plan.of(suite), pick_device(args.device)
         plan.prepare_data(args.data_dir)
-        left = _left_to_train(plan, storage, args.force)
+        # What `run` would refuse, refused; the default store's folder is made by `run`.
+        default_missing = args.storage is None and not os.path.lexists("runs")
+        left = _left_to_train(plan, None if default_missing else planned_store(storage),
+                              args.force)
         precision = "bf16 autocast" if mixed_precision(suite.recipe.precision, device) else "fp32"
         log.info("timing two short runs per task on %s for the estimate", device)
         seconds = estimate_seconds(plan, args.device, args.data_dir)
@@ -203,7 +208,7 @@ def cmd_run(args) -> None:
               f"{storage}")
         return
     if args.storage is None:
-        Path("runs").mkdir(exist_ok=True)  # the default store's folder
+        make_folder(Path("runs"), "The default store's folder")
     tally = SuiteRunner(suite, storage, args.device, args.data_dir, force=args.force,
                         heartbeat_timeout=args.heartbeat_timeout).run()
     print(f"suite {suite.name}: {tally.executed} runs trained, {tally.pruned} pruned partway, "
@@ -211,12 +216,8 @@ def cmd_run(args) -> None:
           f"runs' training saved by the pruner; results in {storage}")
 
 
-def _left_to_train(plan, storage: str, force: bool) -> dict:
-    """`Plan.left` from the suite's store, once the store is one `run` would write to: every run
-    where there is no store yet, or with --force."""
-    from regbench.store import planned_store
-
-    store = planned_store(storage)
+def _left_to_train(plan, store, force: bool) -> dict:
+    """`Plan.left` from the suite's store: every run where there is none yet, or with --force."""
     if store is None or force:
         return {cell: plan.runs(cell) for cell in plan.cells}
     return plan.left(store.frame(plan.suite.name), store.study_names())
