@@ -359,7 +359,8 @@ CASES = [
          r"Could not use the database at postgresql://u@127\.0\.0\.1:1/db"),
     Case("results --suite quickstart --storage notaurl", r"is not a database URL"),
 ]
-LAUGHS = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcde", "bcdef"))
+LAUGHS = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n"
+                 for a, b in zip("abcde", "bcdef", strict=True))
 STSB_HEADER = "\t".join(["c"] * 10) + "\n"
 
 
@@ -460,8 +461,8 @@ CASES += [
          suite=TINY, files={"pipe.db": "<fifo>"}),
     Case(RUN.replace("new.db", "loop.db"), r"loop\.db is a symbolic link loop", suite=TINY,
          files={"loop.db": "<loop>"}),
-    Case(RUN.replace("new.db", "file/new.db"), r"file/new\.db has a part that is not a folder", suite=TINY,
-         files={"file": "a file"}),
+    Case(RUN.replace("new.db", "file/new.db"), r"file/new\.db has a part that is not a folder",
+         suite=TINY, files={"file": "a file"}),
     Case(RUN.replace("new.db", "runs.db"), r"holds a table 'regbench_runs' \(without its columns "
                                            r"key, .*another program's", suite=TINY,
          files={"runs.db": "FOREIGN RUNS"}),
@@ -476,7 +477,8 @@ CASES += [
     Case(CSV + "{tmp}/notes.txt", r"notes\.txt exists and is not an earlier output of this "
                                   r"command; .*--force", files={"store.db": "STORE",
                                                                "notes.txt": "mine\n"}),
-    Case(CSV + "{tmp}", r"Cannot write .*: it is a folder, not a file", files={"store.db": "STORE"}),
+    Case(CSV + "{tmp}", r"Cannot write .*: it is a folder, not a file",
+         files={"store.db": "STORE"}),
     Case(CSV + "/dev/full", r"Cannot write /dev/full: it is a device, not a file",
          files={"store.db": "STORE"}),
     Case(CSV + "{tmp}/store.db/x.csv", r"store\.db/x\.csv: it has a part that is not a folder",
