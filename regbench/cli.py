@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import math
 import os
@@ -12,27 +12,56 @@ import sys
 import traceback
 from pathlib import Path
 
-import yaml
 from tabulate import tabulate
 
+from regbench import strict_yaml
 from regbench.errors import RegbenchError
 
 log = logging.getLogger("regbench")
 
 
 def parse_params(pairs: list[str]) -> dict:
-    """`--param k=v` pairs; values are read as YAML, so numbers and booleans keep their type."""
-    params = {}
+    """`--param k=v` pairs; values are read as a suite's YAML is, so numbers and booleans keep
+    their type. A name given twice is an error, not the last one kept."""
+    given = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise RegbenchError(f"--param {pair!r} is not of the form name=value.")
-        params[key.strip()] = yaml.safe_load(value)
-    return params
+        if key in given:
+            raise RegbenchError(f"--param {key} is given twice ({given[key]!r} and {value!r}); "
+                                "give each parameter once.")
+        given[key] = value
+    return {key: strict_yaml.load(value, f"--param {key}") for key, value in given.items()}
+
+
+_GIVEN = "_flags_given"  # the namespace attribute where `_once` notes the flags seen
+
+
+def _once(action: type[argparse.Action]) -> type[argparse.Action]:
+    """`action`, refusing its flag's second appearance: argparse would keep the last silently."""
+
+    class Once(action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            given = namespace.__dict__.setdefault(_GIVEN, set())
+            if self.dest in given:
+                parser.error(f"argument {'/'.join(self.option_strings)}: given twice; give it "
+                             "once")
+            given.add(self.dest)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Once
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser, its mistakes reported as regbench's: one line, exit code 2."""
+    """argparse's parser, its mistakes reported as regbench's: one line, exit code 2; a flag given
+    twice is one of them (`--param`, a documented list, apart)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in (None, "store", "store_true"):
+            self.register("action", name, _once(self._registry_get("action", name)))
 
     def error(self, message: str):
         raise RegbenchError(f"{self.prog}: {message} (see {self.prog} --help).")
@@ -91,6 +120,7 @@ def cmd_tasks(args) -> None:
 def cmd_train(args) -> None:
     from regbench.features import task_data
     from regbench.harness import fine_tune, pick_device
+    from regbench.jsonout import strict_json
     from regbench.modeling import check_max_length, model_depth
     from regbench.plugins import build
     from regbench.recipe import Recipe
@@ -116,12 +146,12 @@ def cmd_train(args) -> None:
     result = fine_tune(data, regularizer, args.seed, args.model, recipe, device,
                        progress=not args.json)
     if args.json:
-        print(json.dumps({"task": task.name, "regularizer": regularizer.name,
-                          "params": regularizer.params, "n_train": len(data.train),
-                          "seed": args.seed, "status": result.status, "error": result.error,
-                          "steps": result.steps, "seconds": round(result.seconds, 2),
-                          "validation": result.validation, "test": result.test,
-                          "noise_stability": result.noise_stability}, indent=2))
+        print(strict_json({"task": task.name, "regularizer": regularizer.name,
+                           "params": regularizer.params, "n_train": len(data.train),
+                           "seed": args.seed, "status": result.status, "error": result.error,
+                           "steps": result.steps, "seconds": round(result.seconds, 2),
+                           "validation": result.validation, "test": result.test,
+                           "noise_stability": result.noise_stability}, indent=2))
         return
     if result.status != "finished":
         print(f"run {result.status}: {result.error}")
@@ -154,23 +184,31 @@ def _suite_from_args(args):
 
 
 def cmd_run(args) -> None:
+    from regbench.outputs import make_folder
     from regbench.params import Param
     from regbench.runner import Plan, SuiteRunner, estimate_seconds
     from regbench.store import storage_url
 
     suite = _suite_from_args(args)
     storage = storage_url(suite.name, args.storage)
-    Param(300.0, gt=0).validate(args.heartbeat_timeout, "--heartbeat-timeout")
+    # Up to a week: a worker silent for longer is gone, and a longer wait overflows the clock.
+    Param(300.0, gt=0, le=7 * 24 * 3600).validate(args.heartbeat_timeout, "--heartbeat-timeout")
     if args.dry_run:
         from regbench.harness import mixed_precision, pick_device
         from regbench.runner import describe_device
+        from regbench.store import planned_store
 
         plan, device = Plan.of(suite), pick_device(args.device)
         plan.prepare_data(args.data_dir)
+        # What `run` would refuse, refused; the default store's folder is made by `run`.
+        default_missing = args.storage is None and not os.path.lexists("runs")
+        store = None if default_missing else planned_store(storage)
+        if store is None:
+            log.info("nothing stored yet in %s: every run is still to train", storage)
+        left = _left_to_train(plan, store, args.force)
         precision = "bf16 autocast" if mixed_precision(suite.recipe.precision, device) else "fp32"
         log.info("timing two short runs per task on %s for the estimate", device)
         seconds = estimate_seconds(plan, args.device, args.data_dir)
-        left = _left_to_train(plan, storage, args.force)
         rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
                  plan.tuning_runs(c), len(suite.final_seeds), plan.runs(c) - left[c],
                  seconds[c] * left[c] / 60] for c in plan.cells]
@@ -183,7 +221,7 @@ def cmd_run(args) -> None:
               f"{storage}")
         return
     if args.storage is None:
-        Path("runs").mkdir(exist_ok=True)  # the default store's folder
+        make_folder(Path("runs"), "The default store's folder")
     tally = SuiteRunner(suite, storage, args.device, args.data_dir, force=args.force,
                         heartbeat_timeout=args.heartbeat_timeout).run()
     print(f"suite {suite.name}: {tally.executed} runs trained, {tally.pruned} pruned partway, "
@@ -191,24 +229,16 @@ def cmd_run(args) -> None:
           f"runs' training saved by the pruner; results in {storage}")
 
 
-def _left_to_train(plan, storage: str, force: bool) -> dict:
-    """`Plan.left` from the suite's store: every run where it cannot be read (the run itself will
-    say why) or with --force."""
-    from regbench.store import NothingStored, Store
-
-    if not force:
-        try:
-            store = Store(storage, create=False)
-            return plan.left(store.frame(plan.suite.name), store.study_names())
-        except NothingStored:
-            log.info("nothing stored yet in %s: every run is still to train", storage)
-        except RegbenchError as err:
-            log.info("no stored runs counted: %s", err)
-    return {cell: plan.runs(cell) for cell in plan.cells}
+def _left_to_train(plan, store, force: bool) -> dict:
+    """`Plan.left` from the suite's store: every run where there is none yet, or with --force."""
+    if store is None or force:
+        return {cell: plan.runs(cell) for cell in plan.cells}
+    return plan.left(store.frame(plan.suite.name), store.study_names())
 
 
 def cmd_results(args) -> None:
-    from regbench.store import Store, storage_url
+    from regbench.outputs import check_targets, write_whole
+    from regbench.store import Store, sqlite_file, storage_url
     from regbench.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -226,7 +256,9 @@ def cmd_results(args) -> None:
         else:
             print(partial + "\n")
     if args.csv:
-        frame.to_csv(args.csv, index=False)
+        target = Path(args.csv)
+        check_targets([target], sqlite_file(storage), _earlier_results_csv, args.force)
+        write_whole(target.parent, {target.name: frame.to_csv(index=False).encode()})
         print(f"{len(frame)} runs written to {args.csv}")
         return
     if frame.empty:
@@ -239,6 +271,16 @@ def cmd_results(args) -> None:
     print(tabulate(frame[columns].values.tolist(), headers=columns, floatfmt=".4f"))
 
 
+def _earlier_results_csv(path: Path) -> bool:
+    """Whether `path` looks written by `results --csv`: its header starts with the runs table's
+    first columns."""
+    try:
+        with path.open(encoding="utf-8") as file:
+            return file.readline().startswith("key,suite,phase,")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _missing_final_runs(suite, frame) -> int:
     """How many of the suite's final runs, as it is set up now, have no settled result."""
     from regbench.store import stored_per_cell
@@ -249,7 +291,7 @@ def _missing_final_runs(suite, frame) -> int:
 
 def cmd_leaderboard(args) -> None:
     from regbench.leaderboard import add_test_references, publish_suite
-    from regbench.store import Store, storage_url
+    from regbench.store import Store, sqlite_file, storage_url
     from regbench.suite import load_suite
 
     suite = load_suite(args.suite)
@@ -264,7 +306,7 @@ def cmd_leaderboard(args) -> None:
         except RegbenchError as err:
             log.warning("the test references of %s were not added to the store (%s); the next "
                         "board will need the data again", ", ".join(computed), err)
-    path = publish_suite(suite, frame, args.out, force=args.force)
+    path = publish_suite(suite, frame, args.out, force=args.force, store=sqlite_file(url))
     print(f"leaderboard written to {path}, from the {len(frame)} runs stored for suite "
           f"{suite.name} (its final runs in the plan are shown)")
 
@@ -295,6 +337,17 @@ def _describe(dist) -> str:
     if isinstance(dist, CategoricalDistribution):
         return "{" + ", ".join(map(str, dist.choices)) + "}"
     return f"{'log-' if dist.log else ''}[{dist.low:g}, {dist.high:g}]"
+
+
+_TRUE = ("1", "true", "yes", "on", "y", "t")
+_FALSE = ("", "0", "false", "no", "off", "n", "f")
+
+
+def _check_debug_variable() -> None:
+    value = os.environ.get("REGBENCH_DEBUG", "")
+    if value.strip().lower() not in (*_TRUE, *_FALSE):
+        raise RegbenchError(f"REGBENCH_DEBUG={value!r} is neither true (1, true, yes, on) nor "
+                            "false (0, false, no, off, or unset).")
 
 
 def _interrupt(signum, frame) -> None:
@@ -385,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     results.add_argument("--storage")
     results.add_argument("--phase", choices=["final", "tune", "all"], default="final")
     results.add_argument("--csv", help="write the runs to this CSV file instead")
+    results.add_argument("--force", action="store_true",
+                         help="replace a file that --csv names even if results did not write it")
     results.set_defaults(run=cmd_results)
 
     board = commands.add_parser("leaderboard", help="write the markdown leaderboard of a suite")
@@ -399,11 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     for command in commands.choices.values():
         _add_output_options(command, argparse.SUPPRESS)
 
-    debug = os.environ.get("REGBENCH_DEBUG", "") not in ("", "0")
+    debug = os.environ.get("REGBENCH_DEBUG", "").strip().lower() in _TRUE
     # A scheduler's SIGTERM ends a worker as Ctrl-C does: its open claims are given back at once.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        _check_debug_variable()
         args = parser.parse_args(_numbers_as_values(sys.argv[1:] if argv is None else argv))
+        vars(args).pop(_GIVEN, None)
         debug |= args.debug
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -415,6 +472,13 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit
+    except BrokenPipeError:
+        # The reader has all it wanted (`regbench results | head -1`): not an error. Python would
+        # fail again flushing at exit, so what is left goes nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RegbenchError as err:
         if debug:
             traceback.print_exc()

@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 
 from regbench.errors import RegbenchError
+from regbench.paths import not_a_file, os_problem
 from regbench.splits import strata
 from regbench.tasks import Task
 
@@ -42,6 +43,11 @@ def load_raw(task: Task, data_dir: str | os.PathLike | None = None) -> datasets.
     if root is None:
         return _from_hub(task)
     files = _files(task, root)
+    for path in files.values():
+        problem = not_a_file(path)
+        if problem:
+            raise RegbenchError(f"GLUE file {path} {problem}. Point --data-dir (or "
+                                f"{GLUE_DIR_ENV}) at a glue_data folder holding real files.")
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise RegbenchError(
@@ -110,7 +116,7 @@ def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t",
                                quoting=csv.QUOTE_NONE))
     except OSError as err:
-        raise RegbenchError(f"{path} cannot be read: {err.strerror}.") from None
+        raise RegbenchError(f"{path} {os_problem(err)}; it cannot be read.") from None
     except UnicodeDecodeError as err:
         raise RegbenchError(f"{path} is not UTF-8 text (byte {err.start}); download that task "
                             "again.") from None
@@ -120,6 +126,12 @@ def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
     if not rows:
         raise RegbenchError(f"{path} is empty; download that task again.")
     width, first = len(rows[0]), int(layout.header)
+    needed = max(*layout.text_fields, layout.label_field) + 1
+    if width < needed:
+        raise RegbenchError(
+            f"{path}, line 1: {width} tab-separated fields, fewer than the {needed} that task "
+            f"{task.name!r} reads its text and label from: is it an unlabelled test file? "
+            "Download that task again.")
     columns: dict[str, list] = {c: [] for c in (*task.text_columns, "label", "idx")}
     for line_no, row in enumerate(rows[first:], start=first + 1):
         # MNLI's lines carry 11 or 12 fields; every other file has a fixed width.
@@ -148,7 +160,10 @@ def _read_tsv(task: Task, path: Path) -> datasets.Dataset:
 def _label(task: Task, raw: str, path: Path, line_no: int) -> float | int:
     try:
         if task.is_regression:
-            return float(raw)
+            score = float(raw)
+            if 0 <= score <= 5:  # also false for nan
+                return score
+            raise ValueError(raw)
         if raw in task.label_names:
             return task.label_names.index(raw)
         value = int(raw)  # binary tasks write 0/1 in the hub's label order
@@ -158,5 +173,6 @@ def _label(task: Task, raw: str, path: Path, line_no: int) -> float | int:
         pass
     raise RegbenchError(
         f"{path}, line {line_no}: label {raw!r} is not one of "
-        f"{'a number' if task.is_regression else task.label_names} for task {task.name!r}."
+        f"{'a number from 0 to 5' if task.is_regression else task.label_names} for task "
+        f"{task.name!r}."
     )

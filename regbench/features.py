@@ -64,10 +64,11 @@ def load_features(task: Task, tokenizer, max_length: int,
         [FEATURES_VERSION, task.name, _raw_fingerprint(raw), _tokenizer_fingerprint(tokenizer),
          max_length]).encode()).hexdigest()[:20]
     path = cache_root() / "features" / f"{task.name}-{key}"
-    if path.exists():
-        log.info("features of %s from cache %s", task.name, path)
-        with _quiet_datasets():
-            return datasets.load_from_disk(str(path))
+    if os.path.lexists(path):
+        cached = _cached_entry(path, raw)
+        if cached is not None:
+            log.info("features of %s from cache %s", task.name, path)
+            return cached
 
     log.info("tokenising %s from %s (max length %d)", task.name, describe_source(task, data_dir),
              max_length)
@@ -98,6 +99,35 @@ def load_features(task: Task, tokenizer, max_length: int,
         shutil.rmtree(staging, ignore_errors=True)
     with _quiet_datasets():
         return datasets.load_from_disk(str(path))
+
+
+def _cached_entry(path: Path, raw: datasets.DatasetDict) -> datasets.DatasetDict | None:
+    """The features cached at `path`, checked against the raw data they were made from; None,
+    the entry removed, when it is damaged (cut short, emptied, edited, not a cache entry), so
+    that it is made again."""
+    try:
+        with _quiet_datasets():
+            cached = datasets.load_from_disk(str(path))
+        for split in raw:
+            if "input_ids" not in cached[split].column_names or (
+                    cached[split]["label"] != raw[split]["label"]):
+                raise ValueError(f"its {split} split does not match the data")
+        return cached
+    # A cache entry is disposable, and its damage shows as any of the many errors of datasets
+    # and pyarrow: whatever it is, the entry is made again.
+    except Exception as err:  # noqa: BLE001
+        log.warning("feature cache entry %s is damaged (%s: %s); making it again", path,
+                    type(err).__name__, err)
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except OSError as err:
+        raise RegbenchError(f"The feature cache entry {path} is damaged and cannot be removed "
+                            f"({err.strerror or err}): delete it (rm -r '{path}'), or point "
+                            f"{CACHE_ENV} at another folder.") from None
+    return None
 
 
 @contextlib.contextmanager
@@ -197,6 +227,11 @@ class TaskData:
     def prepare(cls, task: Task, features: datasets.DatasetDict, n_train: int,
                 data_seed: int) -> TaskData:
         train_labels = features["train"]["label"]
+        if n_train > len(train_labels):
+            # Trained on fewer, the run would be stored and ranked as the size asked for.
+            raise RegbenchError(f"A training size of {n_train} is more than the "
+                                f"{len(train_labels)} examples of {task.name}'s training split; "
+                                f"choose sizes of at most {len(train_labels)}.")
         validation, test = split_dev(task, features["dev"]["label"])
         return cls(task,
                    Examples.select(features["train"],

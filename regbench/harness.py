@@ -174,6 +174,11 @@ def training_step(state: State, regularizer: Regularizer) -> float:
     return value
 
 
+def _finite_weights(model: torch.nn.Module) -> bool:
+    with torch.no_grad():
+        return bool(torch.stack([p.abs().amax() for p in model.parameters()]).isfinite().all())
+
+
 @contextlib.contextmanager
 def evaluated_weights(state: State, regularizer: Regularizer) -> Iterator[torch.nn.Module]:
     """The model, holding the weights the regularizer chooses to have evaluated."""
@@ -217,9 +222,15 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
         for step, indices in enumerate(batches(), start=1):
             state.batch = _on(state.device, data.train.collate(indices, pad_id))
             value = training_step(state, regularizer)
-            if not math.isfinite(value):
+            # The weights are checked where they are scored: a step can leave them non-finite
+            # with a finite loss (an overflowing gradient, a plugin's update), and the last
+            # step's loss never shows it.
+            if not math.isfinite(value) or (step in checkpoints
+                                            and not _finite_weights(state.model)):
                 result.status = "diverged"
-                result.error = f"training loss became {value} at step {step} of {total}"
+                result.error = (f"training loss became {value} at step {step} of {total}"
+                                if not math.isfinite(value) else
+                                f"weights became non-finite by step {step} of {total}")
                 log.warning("%s: %s", regularizer.name, result.error)
                 break
             bar.update()

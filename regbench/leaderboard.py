@@ -10,8 +10,6 @@ judged against. Runs stored before that get it from the data, once (`add_test_re
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +20,10 @@ from regbench import plots, webpage
 from regbench.board import build, runs_shown
 from regbench.data import load_raw
 from regbench.errors import RegbenchError
+from regbench.jsonout import strict_json
 from regbench.markdown import render
 from regbench.metrics import test_reference
+from regbench.outputs import check_targets, folder_lock, make_folder, write_whole
 from regbench.splits import split_dev
 from regbench.store import runs_of_setup
 from regbench.tasks import get_task
@@ -33,73 +33,77 @@ if TYPE_CHECKING:
 
 
 def publish(frame: pd.DataFrame, expected: pd.DataFrame | None, out_dir: Path, name: str,
-            meta: dict, force: bool = False) -> Path:
+            meta: dict, force: bool = False, store: Path | None = None) -> Path:
     """Write `<name>.md`, `.csv` (one row per cell), `.json` (everything), `.html` (the web
     page) and `<name>-*.png` into `out_dir` from the final runs of `frame` (the store's runs
     table), and the folder's `index.html`; returns the markdown path.
 
-    See `regbench.board.build` for `expected`. A board already published there with more runs is
-    replaced only when `force` is set.
+    See `regbench.board.build` for `expected`. A board of no run is never published. A board
+    already published there with more runs, or files of that name that are not a board's, are
+    replaced only when `force` is set; the store (`store`, its file) never. Publishers of one
+    folder take turns, so that each reads the board it replaces.
     """
     out_dir = Path(out_dir)
     board = build(frame, expected, meta)
-    published = out_dir / f"{name}.json"
-    before, old_images = _published(published, force)
     shown = runs_shown(board.provenance)
-    if shown < before and not force:
-        raise RegbenchError(f"{published} shows {before} runs and this board only {shown}: is "
-                            "the storage right? Pass --force to replace it.")
+    if not shown:
+        raise RegbenchError(f"No run of suite {meta.get('suite', name)} as it is set up now is "
+                            "stored, so there is no board to publish: run the suite first, or "
+                            "name its store with --storage.")
+    make_folder(out_dir, "--out")
     images = {f"{name}-{key}.png": plots.png(figure)
               for key, figure in plots.figures(board).items()}
     document = {**board.to_json(), "images": list(images), "page": f"{name}.html"}
-    boards = webpage.published_documents(out_dir, {name: document})
     # The markdown and the pages last: they name the other files, which are then in place.
     files = {**images, f"{name}.csv": board.cells.to_csv(index=False).encode(),
-             published.name: json.dumps(document, indent=1, default=str).encode(),
+             f"{name}.json": strict_json(document, indent=1, default=str).encode(),
              f"{name}.md": render(board, list(images)).encode(),
-             f"{name}.html": webpage.board_page(board, name).encode(),
-             "index.html": webpage.index_page(boards).encode()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_whole(out_dir, files)
-    for image in set(old_images) - set(images):
-        (out_dir / Path(image).name).unlink(missing_ok=True)  # the folder's own files alone
+             f"{name}.html": webpage.board_page(board, name).encode()}
+    with folder_lock(out_dir):
+        before, old_images = _published(out_dir, name, force)
+        if shown < before and not force:
+            raise RegbenchError(f"The board published in {out_dir} as {name} shows {before} runs "
+                                f"and this one only {shown}: is the storage right? Pass --force "
+                                "to replace it.")
+        if any((out_dir / f"{name}.{kind}").is_file() for kind in ("json", "csv")):
+            own = {f"{name}.md", f"{name}.csv", f"{name}.json", f"{name}.html",
+                   *old_images, *images}
+        else:
+            own = set()  # nothing there is known to be a board's
+        # The index lists every board of the folder, this one as it is now; an index already
+        # there is this command's own where the folder holds a board.
+        boards = webpage.published_documents(out_dir, {name: document})
+        if len(boards) > 1 or own:
+            own.add("index.html")
+        files["index.html"] = webpage.index_page(boards).encode()
+        check_targets([out_dir / f for f in files], store, lambda path: path.name in own, force)
+        write_whole(out_dir, files)
+        for image in set(old_images) - set(images):
+            (out_dir / Path(image).name).unlink(missing_ok=True)  # the folder's own files alone
     return out_dir / f"{name}.md"
 
 
-def _published(path: Path, force: bool) -> tuple[int, list[str]]:
-    """The run count and plot files of the board published at `path`: none when there is
-    none, or when it cannot be read and `force` replaces it anyway."""
-    if not path.exists():
-        return 0, []
+def _published(out_dir: Path, name: str, force: bool) -> tuple[int, list[str]]:
+    """The run count and plot files of the board published in `out_dir` as `name`, read from
+    every file of it there is (a board whose JSON was deleted still counts by its CSV): none
+    when there is none, or when one cannot be read and `force` replaces it anyway."""
+    json_file, csv_file = out_dir / f"{name}.json", out_dir / f"{name}.csv"
+    counts, images = [], []
     try:
-        document = json.loads(path.read_text())
-        return runs_shown(document["provenance"]), list(document.get("images", []))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        if json_file.is_file():
+            document = json.loads(json_file.read_text())
+            counts.append(runs_shown(document["provenance"]))
+            images = [str(image) for image in document.get("images", [])]
+        if csv_file.is_file():
+            cells = pd.read_csv(csv_file)
+            counts.append(int((cells.n_completed + cells.n_crashed).sum()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         if force:
             return 0, []
-        raise RegbenchError(f"Cannot read how many runs the published board {path} shows "
-                            f"({type(err).__name__}: {err}); pass --force to replace it.") from err
-
-
-def _write_whole(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write every file beside its final name, then rename them all into place, in order: a
-    kill leaves each file old or new and whole, never cut short, and the old board untouched
-    unless every new file had been written."""
-    written: dict[str, str] = {}
-    try:
-        for name, data in files.items():
-            handle, temporary = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-            written[name] = temporary
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide a published file
-        for name, temporary in written.items():
-            os.replace(temporary, out_dir / name)
-    finally:
-        for temporary in written.values():
-            Path(temporary).unlink(missing_ok=True)
+        raise RegbenchError(f"Cannot read how many runs the board published in {out_dir} as "
+                            f"{name} shows ({type(err).__name__}: {err}); pass --force to "
+                            "replace it.") from err
+    return max(counts, default=0), images
 
 
 def references_of(tasks: list[str], data_dir: str | None = None) -> dict[str, dict]:
@@ -138,7 +142,7 @@ def add_test_references(frame: pd.DataFrame, tasks: list[str],
 
 
 def publish_suite(suite: Suite, frame: pd.DataFrame, out_dir: Path,
-                  force: bool = False) -> Path:
+                  force: bool = False, store: Path | None = None) -> Path:
     """`publish` for one suite: its plan and its runs, which must hold their test references
     (see `add_test_references`)."""
     # This setup's runs alone, as the header will describe it.
@@ -150,4 +154,4 @@ def publish_suite(suite: Suite, frame: pd.DataFrame, out_dir: Path,
     meta = {"suite": suite.name, "description": suite.description.strip(), "model": suite.model,
             "recipe": suite.recipe.as_dict(), "tuning": vars(suite.tuning),
             "final_seeds": list(suite.final_seeds), "tuning_seeds": list(suite.tuning_seeds)}
-    return publish(frame, expected, out_dir, suite.name, meta, force)
+    return publish(frame, expected, out_dir, suite.name, meta, force, store)

@@ -30,6 +30,7 @@ class Param:
     `kind` is the default's type unless given (an `int` is accepted for a float, never a bool).
     `ge`, `gt`, `le`, `lt` bound a number; a bound may be a function of the encoder's depth (for
     layer indices). `choices` lists the values a categorical option takes. `nullable` admits None.
+    `items` declares each element of a list.
     `origin` says where the allowed values came from when the plugin did not declare them.
     """
 
@@ -41,6 +42,7 @@ class Param:
     lt: Bound = None
     choices: tuple | None = None
     nullable: bool = False
+    items: Param | None = None
     help: str = ""
     origin: str = ""
 
@@ -70,6 +72,8 @@ class Param:
                       f"{symbols[op]} {value}" for op, value in self.bounds(layers).items()]
             text = f"{'an integer' if kind is int else 'a number'}" + (
                 f" {' and '.join(limits)}" if limits else "")
+        elif kind is list and self.items is not None:
+            text = f"a list, each {self.items.allowed(layers)}"
         else:
             text = {bool: "true or false", str: "a string", list: "a list"}.get(
                 kind, kind.__name__)
@@ -88,11 +92,12 @@ class Param:
                 raise ValueError(self.allowed(layers))
             value = float(value)
         if not isinstance(value, kind):
-            if kind is float and isinstance(value, str) and _numeric(value):
-                # YAML 1.1, PyYAML's, reads 2e-5 as a string: only 2.0e-5 is a number.
-                raise ValueError(f"{self.allowed(layers)} (YAML reads {value} as text: write "
-                                 "it with a dot and a signed exponent, as 2.0e-5)")
             raise ValueError(self.allowed(layers))
+        if self.items is not None:
+            try:
+                value = [self.items.check(item, layers) for item in value]
+            except ValueError:
+                raise ValueError(self.allowed(layers)) from None
         if kind is float and not math.isfinite(value):
             raise ValueError(self.allowed(layers))
         if self.choices is not None and value not in self.choices:
@@ -124,13 +129,6 @@ class Param:
         if isinstance(searched, (FloatDistribution, IntDistribution)):
             return cls(default, ge=searched.low, le=searched.high, origin=origin)
         return cls(default, nullable=default is None, kind=object if default is None else None)
-
-
-def _numeric(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
 
 
 def declared(default: Any, **allowed: Any) -> Any:

@@ -18,22 +18,23 @@ class Recipe:
     """The training recipe shared by every regularizer (protocol.md). A suite may change it; a
     regularizer may not. Every value is checked when a recipe is made."""
 
-    learning_rate: float = declared(2e-5, gt=0)
-    batch_size: int = declared(16, ge=1)
-    epochs: int = declared(3, ge=0)
+    learning_rate: float = declared(2e-5, gt=0, le=1)
+    batch_size: int = declared(16, ge=1, le=4096)
+    epochs: int = declared(3, ge=0, le=1000)
     # Few-sample runs fail when they take too few steps (Mosbach et al. 2021), so small training
     # sets get more epochs until this many optimiser steps are reached.
-    min_steps: int = declared(300, ge=0)
+    min_steps: int = declared(300, ge=0, le=1_000_000)
     warmup_ratio: float = declared(0.1, ge=0, lt=1)
-    max_grad_norm: float = declared(1.0, gt=0)
+    max_grad_norm: float = declared(1.0, gt=0, le=1e6)
     # A pair needs three special tokens and a word of each sentence.
-    max_length: int = declared(128, ge=8)
+    max_length: int = declared(128, ge=8, le=65536)
     group_by_length: bool = declared(True)
-    evaluations: int = declared(4, ge=1)  # validation passes over training; the pruner sees each
-    eval_batch_size: int = declared(64, ge=1)
+    # Validation passes over training; the pruner sees each.
+    evaluations: int = declared(4, ge=1, le=1000)
+    eval_batch_size: int = declared(64, ge=1, le=4096)
     # Examples of the validation half scored for tuning and pruning, a stratified sample; 0 for
     # all. The test half is always scored whole.
-    validation_size: int = declared(0, ge=0)
+    validation_size: int = declared(0, ge=0, le=10_000_000)
     # bf16 autocast, as the Trainer's `bf16` flag. "auto" takes it wherever the device computes
     # bf16 natively (recent GPUs, CPUs with AVX512-BF16 or AMX), where it halves a run's time.
     precision: str = declared("auto", choices=PRECISIONS)

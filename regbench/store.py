@@ -16,6 +16,7 @@ import random
 import sqlite3
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 
 import regbench
 from regbench.errors import RegbenchError
+from regbench.paths import not_a_file, not_a_folder, os_problem
 
 if TYPE_CHECKING:
     from regbench.suite import Cell, Suite
@@ -83,10 +85,33 @@ def storage_url(suite: str, url: str | None = None) -> str:
     if not url.strip():
         raise RegbenchError("--storage is empty: give a database URL, or leave the flag out for "
                             f"runs/{suite}.db.")
-    if url.strip() in ("sqlite://", "sqlite:///:memory:"):
+    if _in_memory(url):
         raise RegbenchError(f"--storage {url} is a database in memory, which keeps nothing once "
                             "regbench exits: name a file, as sqlite:///runs/mine.db.")
     return url
+
+
+def _in_memory(url: str) -> bool:
+    """Whether `url` is a SQLite database in memory, in any of SQLite's spellings of one."""
+    try:
+        parsed = sa.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return False  # not a URL: check_url says so
+    database = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:") or database.startswith("file::memory:")
+        or parsed.query.get("mode") == "memory")
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store's URL (a URI filename's path too); None for a server's."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or _in_memory(url):
+        return None
+    database = parsed.database
+    if parsed.query.get("uri") == "true" and database.startswith("file:"):
+        database = urllib.parse.unquote(urllib.parse.urlsplit(database).path)
+    return Path(database)
 
 
 def _where(url: str | sa.URL) -> str:
@@ -99,10 +124,6 @@ def _where(url: str | sa.URL) -> str:
 
 _FULL = ("the disk is full; free some space (or move the store elsewhere with --storage) and run "
          "the same command again")
-class NothingStored(RegbenchError):
-    """The store a read asked for is not there yet: no file, or a database without tables."""
-
-
 _DAMAGED = ("it is damaged (database disk image is malformed); restore it from a copy, or name a "
             "new file with --storage")
 _NOT_SQLITE = "it is not a SQLite database; name a regbench store, or a new file"
@@ -354,13 +375,18 @@ def check_url(url: str) -> sa.URL:
     """`url` parsed, once it is known to be a database URL of a kind whose driver is installed:
     what can be said of a store without reaching it."""
     try:
+        if "\x00" in url:
+            raise ValueError("it holds a NUL character")
         parsed = sa.make_url(url)
-        parsed.get_dialect().import_dbapi()
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+        dialect().create_connect_args(parsed)  # the URL's options read as the driver will
     except sa.exc.NoSuchModuleError:
         raise RegbenchError(f"Storage {_where(url)}: no database kind {parsed.drivername!r}; "
                             "regbench stores in sqlite, postgresql or mysql+pymysql.") from None
-    except sa.exc.ArgumentError:
-        raise RegbenchError(f"Storage {url!r} is not a database URL; write a file as "
+    except (sa.exc.ArgumentError, ValueError, TypeError) as err:
+        said = f" ({err})" if not isinstance(err, sa.exc.ArgumentError) else ""
+        raise RegbenchError(f"Storage {url!r} is not a database URL{said}; write a file as "
                             f"sqlite:///{url if '://' not in url else 'runs/mine.db'}, a server "
                             "as postgresql://user:password@host/database.") from None
     except ImportError as err:
@@ -373,14 +399,17 @@ def open_database(url: str, create: bool) -> sa.Engine:
     is one, its driver installed, its server reached; that a SQLite file, where there is one, is a
     sound SQLite database; that the database is a regbench store, or, when `create`, empty. Without
     `create`, nothing is ever created or changed, and the store must exist."""
-    parsed = check_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        engine = _sqlite_engine(Path(parsed.database), url, create)
-    else:
-        engine = create_engine(url)
+    check_url(url)
+    path = sqlite_file(url)
+    engine = create_engine(url) if path is None else _sqlite_engine(path, url, create)
     try:
         with engine.connect() as connection:
             tables = set(sa.inspect(connection).get_table_names())
+            foreign = _foreign_table(sa.inspect(connection), tables)
+            if foreign:
+                raise RegbenchError(f"Storage {_where(url)} holds a table {foreign} that regbench "
+                                    "or Optuna would use, but another program's: name a "
+                                    "regbench store with --storage, or a new database.")
             if engine.dialect.name == "sqlite":
                 verdict = connection.exec_driver_sql("PRAGMA quick_check").scalar()
                 if verdict != "ok":
@@ -395,7 +424,7 @@ def open_database(url: str, create: bool) -> sa.Engine:
         engine.dispose()
         found = f"another program's tables ({', '.join(sorted(tables)[:5])})" if tables else \
             "no tables"
-        raise (RegbenchError if tables else NothingStored)(
+        raise RegbenchError(
             f"Storage {_where(url)} holds {found}, none of regbench's: it is not "
             "a regbench store. Name the store of this suite with --storage"
             + (", or a new database." if create else ", or run the suite first to make one."))
@@ -414,27 +443,27 @@ def _sqlite_engine(path: Path, url: str, create: bool) -> sa.Engine:
     """An engine on the SQLite file at `path`: for writing, with a new store made in one step when
     there is none; for reading, read-only, and only on a store that exists."""
     where = f"Storage {_where(url)}"
-    if path.is_dir():
-        raise RegbenchError(f"{where} is a folder, not a database file.")
+    problem = not_a_file(path)
+    if problem:
+        raise RegbenchError(f"{where}: {path} {problem}; name a database file.")
     if not path.exists():
         if not create:
-            raise NothingStored(f"{where}: no such file, so no runs to show. Run the suite first "
+            raise RegbenchError(f"{where}: no such file, so no runs to show. Run the suite first "
                                 "(regbench run), or name its store with --storage.")
-        if not path.parent.is_dir():
-            raise RegbenchError(f"{where}: the folder {path.parent} does not exist; create it, or "
-                                "name another file.")
-        if not os.access(path.parent, os.W_OK):
-            raise RegbenchError(f"{where}: the folder {path.parent} is read-only; make it "
-                                "writable, or name a file elsewhere.")
+        _check_new_store_folder(path, where)
         _new_sqlite_store(path, url)
     elif path.stat().st_size == 0:
         raise RegbenchError(f"{where} is an empty file (0 bytes), not a regbench store; it may be "
                             "left from a failed copy. Delete it to start a new store, or name "
                             "the right file.")
     else:
-        with path.open("rb") as head:
-            if head.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-                raise RegbenchError(f"{where}: {_NOT_SQLITE}.")
+        try:
+            with path.open("rb") as head:
+                magic = head.read(len(SQLITE_MAGIC))
+        except OSError as err:
+            raise RegbenchError(f"{where}: {path} {os_problem(err)}.") from None
+        if magic != SQLITE_MAGIC:
+            raise RegbenchError(f"{where}: {_NOT_SQLITE}.")
     if create and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         raise RegbenchError(f"{where}: {_READ_ONLY}.")
     if create:
@@ -443,6 +472,52 @@ def _sqlite_engine(path: Path, url: str, create: bool) -> sa.Engine:
     uri = f"file:{urllib.request.pathname2url(str(path.resolve()))}?mode=ro"
     return sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True,
                                                                          timeout=60))
+
+
+def _check_new_store_folder(path: Path, where: str) -> None:
+    """An error unless a new store can be made at `path`, in a writable folder."""
+    problem = not_a_folder(path.parent) or ("does not exist" if not path.parent.exists() else None)
+    if problem:
+        raise RegbenchError(f"{where}: the folder {path.parent} {problem}; create it, or name "
+                            "another file.")
+    if not os.access(path.parent, os.W_OK):
+        raise RegbenchError(f"{where}: the folder {path.parent} is read-only; make it "
+                            "writable, or name a file elsewhere.")
+
+
+def planned_store(url: str) -> Store | None:
+    """The store `run` would write to, opened to read, once it passes every check `run` makes
+    of it (nothing is created); None where `run` would make a new one."""
+    path = sqlite_file(check_url(url))
+    if path is not None and not path.exists() and not not_a_file(path):
+        _check_new_store_folder(path, f"Storage {_where(url)}")
+        return None
+    engine = open_database(url, create=True)  # on a file that exists or a server: creates nothing
+    try:
+        present = sa.inspect(engine).has_table(runs.name)
+    finally:
+        engine.dispose()
+    return Store(url, create=False) if present else None
+
+
+# The columns by which a table of that name is known for regbench's or Optuna's, where a
+# store holds it: a table of another program under one of these names would break a run midway.
+_KNOWN_COLUMNS = {"regbench_runs": {"key", "suite", "phase", "status", "params"},
+                  "regbench_workers": {"id", "heartbeat"},
+                  "regbench_claims": {"key", "worker", "done"},
+                  "studies": {"study_id", "study_name"},
+                  "trials": {"trial_id", "study_id", "state"}}
+
+
+def _foreign_table(inspector, tables: set[str]) -> str | None:
+    """The first table of `tables` named as one of regbench's or Optuna's but lacking its
+    columns, with what it lacks."""
+    for name, columns in _KNOWN_COLUMNS.items():
+        if name in tables:
+            lacking = columns - {c["name"] for c in inspector.get_columns(name)}
+            if lacking:
+                return f"{name!r} (without its columns {', '.join(sorted(lacking))})"
+    return None
 
 
 def _new_sqlite_store(path: Path, url: str) -> None:

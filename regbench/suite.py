@@ -4,17 +4,17 @@ study, validated before anything runs."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from regbench import EMBEDDED_MODEL
+from regbench import EMBEDDED_MODEL, strict_yaml
 from regbench.errors import RegbenchError, unknown_name
 from regbench.params import Param, check_fields, declared, from_mapping
+from regbench.paths import not_a_file, os_problem
 from regbench.plugins import require
 from regbench.recipe import Recipe
 from regbench.tasks import get_task
@@ -39,7 +39,7 @@ TPE_MIN_TRIALS = 2 * TPE_STARTUP
 
 @dataclass(frozen=True)
 class Tuning:
-    trials: int = declared(20, ge=0)
+    trials: int = declared(20, ge=0, le=10_000)
     pruner: str = declared("median", choices=PRUNERS)
     sampler_seed: int = declared(0, ge=0, le=LARGEST)
 
@@ -88,47 +88,38 @@ def builtin_suites() -> list[str]:
                   if p.name.endswith(".yaml"))
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice in one mapping, where PyYAML keeps the last silently
-    (a regularizer listed twice with different options would lose one)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_suite(name_or_path: str) -> Suite:
-    """A built-in suite by name, or a user's YAML file by path."""
+    """A built-in suite by name, or a user's YAML file by path. A built-in's name means the
+    built-in even where a file or folder of that name is in the current folder (write
+    `./quickstart` for the file)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            problem = "is not a file" if path.exists() else "does not exist"
-            raise RegbenchError(f"Suite file {path} {problem}.")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise RegbenchError(f"Suite file {path} cannot be read: {err}.") from None
-        source = str(path)
-    elif name_or_path in builtin_suites():
+    if name_or_path in builtin_suites():
         text = resources.files("regbench.suites").joinpath(f"{name_or_path}.yaml").read_text()
         source = f"built-in suite {name_or_path!r}"
+    elif path.suffix in (".yaml", ".yml") or os.path.lexists(path):
+        text, source = _read_suite_file(path), str(path)
     else:
         raise unknown_name("suite", name_or_path, builtin_suites())
-    try:
-        values = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as err:
-        raise RegbenchError(f"{source} is not valid YAML: {' '.join(str(err).split())}") from None
+    values = strict_yaml.load(text, source)
     if not isinstance(values, dict):
         raise RegbenchError(
             f"{source} must be a mapping of suite keys, not {type(values).__name__}.")
     values.setdefault("name", path.stem if path.suffix else name_or_path)
     return parse_suite(values, source)
+
+
+def _read_suite_file(path: Path) -> str:
+    problem = not_a_file(path) or ("does not exist" if not path.exists() else None)
+    if problem is None and path.stat().st_size > strict_yaml.MAX_CHARS:
+        problem = f"is {path.stat().st_size} bytes, larger than a suite can be"
+    if problem:
+        raise RegbenchError(f"Suite file {path} {problem}.")
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise RegbenchError(f"Suite file {path} {os_problem(err)}.") from None
+    except UnicodeDecodeError as err:
+        raise RegbenchError(f"Suite file {path} cannot be read: {err}.") from None
 
 
 def checked_list(values: Any, param: Param, what: str) -> tuple:
@@ -148,10 +139,11 @@ def _distinct(items: tuple, what: str) -> None:
 
 
 def task_names(names: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(names, (list, tuple)) or not names:
+    if not isinstance(names, (list, tuple)) or not names or not all(
+            isinstance(n, str) for n in names):
         raise RegbenchError(f"{what} must be a non-empty list of task names; got "
                             f"{reprlib.repr(names)}.")
-    tasks = tuple(get_task(str(name)).name for name in names)
+    tasks = tuple(get_task(name).name for name in names)
     _distinct(tasks, what)
     return tasks
 
@@ -168,9 +160,9 @@ def regularizer_names(names: Any, what: str) -> tuple[str, ...]:
 
 
 def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
-    unknown = set(values) - _KEYS
+    unknown = [key for key in values if key not in _KEYS]
     if unknown:
-        raise RegbenchError(f"{source}: key {sorted(unknown)[0]!r} is not a suite key; the keys "
+        raise RegbenchError(f"{source}: key {unknown[0]!r} is not a suite key; the keys "
                             f"are: {', '.join(sorted(_KEYS))}.")
     for key in ("tasks", "sizes", "regularizers"):
         if key not in values:
@@ -180,9 +172,13 @@ def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
             raise RegbenchError(f"{source}: key {key!r} must be a string, not "
                                 f"{reprlib.repr(values[key])}.")
     name = values["name"]
-    if not name or "/" in name or "\\" in name:
-        raise RegbenchError(f"{source}: name {name!r} must be a non-empty name without slashes: "
-                            "it names the suite's database and leaderboard files.")
+    if not 0 < len(name) <= 100 or name.startswith(".") or any(
+            c in "/\\" or not c.isprintable() for c in name):
+        raise RegbenchError(f"{source}: name {name!r} must be a name of 1 to 100 printable "
+                            "characters without slashes, not starting with a dot: it names the "
+                            "suite's database and leaderboard files.")
+    if not 0 < len(values.get("model", EMBEDDED_MODEL)) <= 300:
+        raise RegbenchError(f"{source}: key 'model' must name a model in 1 to 300 characters.")
 
     regularizers = values["regularizers"]
     if isinstance(regularizers, list):  # a plain list: every regularizer with its defaults
@@ -192,16 +188,18 @@ def parse_suite(values: dict[str, Any], source: str = "suite") -> Suite:
                             "name -> fixed options.")
     regularizer_names(list(regularizers), f"{source}: regularizers")
     for regularizer, options in regularizers.items():
-        if options is not None and not isinstance(options, dict):
+        # `name:` with nothing after it is YAML's way to list a name in a mapping: its defaults.
+        if options is not None and not (isinstance(options, dict)
+                                        and all(isinstance(k, str) for k in options)):
             raise RegbenchError(f"{source}: the options of regularizer {regularizer!r} must be a "
                                 f"mapping name -> value, not {reprlib.repr(options)}.")
 
     sections = {}
     for key, kind in (("tuning", Tuning), ("recipe", Recipe)):
-        section = values.get(key) or {}
+        section = values.get(key, {})
         if not isinstance(section, dict):
             raise RegbenchError(f"{source}: key {key!r} must be a mapping of {key} keys, not "
-                                f"{reprlib.repr(section)}.")
+                                f"{reprlib.repr(section)}; leave the key out for the defaults.")
         try:
             sections[key] = from_mapping(kind, section, key)
         except RegbenchError as err:

@@ -40,7 +40,7 @@ class BSS(Regularizer):
                    "batch's pooled features.")
     citation = ("Chen et al., NeurIPS 2019, Catastrophic Forgetting Meets Negative Transfer: "
                 "Batch Spectral Shrinkage for Safe Transfer Learning")
-    hyperparameters = {"eta": Param(1e-3, ge=0), "k": Param(1, ge=1)}
+    hyperparameters = {"eta": Param(1e-3, ge=0, le=1e3), "k": Param(1, ge=1, le=1024)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

@@ -40,8 +40,8 @@ class FreeLB(Regularizer):
                    "the parameter gradients of all K passes accumulated.")
     citation = ("Zhu et al., ICLR 2020, FreeLB: Enhanced Adversarial Training for Natural Language "
                 "Understanding")
-    hyperparameters = {"adv_lr": Param(0.1, gt=0), "steps": Param(3, ge=1),
-                       "init_mag": Param(0.0, ge=0), "max_norm": Param(0.0, ge=0)}
+    hyperparameters = {"adv_lr": Param(0.1, gt=0, le=100), "steps": Param(3, ge=1, le=100),
+                       "init_mag": Param(0.0, ge=0, le=100), "max_norm": Param(0.0, ge=0, le=1e3)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

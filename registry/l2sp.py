@@ -29,7 +29,7 @@ class L2SP(Regularizer):
     citation = ("Li, Grandvalet & Davoine, ICML 2018, Explicit inductive bias for transfer "
                 "learning with convolutional networks")
     version = "2"  # 2: the decoupled pull follows the scheduled learning rate
-    hyperparameters = {"alpha": Param(0.01, ge=0), "beta": Param(0.01, ge=0),
+    hyperparameters = {"alpha": Param(0.01, ge=0, le=1e3), "beta": Param(0.01, ge=0, le=1e3),
                        "decoupled": Param(False)}
 
     @classmethod

@@ -52,11 +52,12 @@ class LNSR(Regularizer):
                 "Fine-tuning")
     # layer_weights: w_1 … w_L, one per layer (those at or below inject_layer go unused); None: 1s.
     hyperparameters = {
-        "lambda": Param(0.3, ge=0), "sigma": Param(0.05, ge=0),
+        "lambda": Param(0.3, ge=0, le=1e3), "sigma": Param(0.05, ge=0, le=100),
         "noise": Param("relative", choices=NOISE_KINDS),
         "inject_layer": Param(0, ge=0, le=lambda layers: layers - 1),
-        "layer_weights": Param(None, kind=list, nullable=True),
-        "include_logits": Param(False), "samples": Param(1, ge=1)}
+        "layer_weights": Param(None, kind=list, nullable=True,
+                               items=Param(1.0, ge=0, le=1e3)),
+        "include_logits": Param(False), "samples": Param(1, ge=1, le=64)}
     needs_hidden_states = True
 
     @classmethod
@@ -76,7 +77,9 @@ class LNSR(Regularizer):
         if not 0 <= i < top:
             raise RegbenchError(f"lnsr's inject_layer must be in 0..{top - 1} for this "
                                 f"{top}-layer model, not {i}.")
-        weights = self.params["layer_weights"] or [1.0] * top
+        weights = self.params["layer_weights"]
+        if weights is None:
+            weights = [1.0] * top
         if len(weights) != top:
             raise RegbenchError(f"lnsr's layer_weights needs one weight per layer ({top}), "
                                 f"not {len(weights)}.")

@@ -30,7 +30,7 @@ class NoisyTune(Regularizer):
                    "standard deviation, once, before fine-tuning.")
     citation = ("Wu et al., ACL 2022, NoisyTune: A Little Noise Can Help You Finetune Pretrained "
                 "Language Models Better")
-    hyperparameters = {"lambda": Param(0.15, ge=0), "matrices_only": Param(False)}
+    hyperparameters = {"lambda": Param(0.15, ge=0, le=10), "matrices_only": Param(False)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

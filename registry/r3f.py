@@ -36,7 +36,7 @@ class R3F(Regularizer):
                    "embedding output.")
     citation = ("Aghajanyan et al., ICLR 2021, Better Fine-Tuning by Reducing Representational "
                 "Collapse")
-    hyperparameters = {"lambda": Param(1.0, ge=0), "eps": Param(1e-5, ge=0),
+    hyperparameters = {"lambda": Param(1.0, ge=0, le=1e3), "eps": Param(1e-5, ge=0, le=1),
                        "noise": Param("uniform", choices=NOISE_KINDS)}
 
     @classmethod

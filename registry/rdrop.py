@@ -44,7 +44,8 @@ class RDrop(Regularizer):
     version = "2"  # 2: D summed over the batch, as the authors' code; α's default theirs, 0.5
     description = "Two dropout passes per batch; the symmetric KL between their predictions."
     citation = "Liang et al., NeurIPS 2021, R-Drop: Regularized Dropout for Neural Networks"
-    hyperparameters = {"alpha": Param(0.5, ge=0), "reduction": Param("sum", choices=REDUCTIONS)}
+    hyperparameters = {"alpha": Param(0.5, ge=0, le=1e3),
+                       "reduction": Param("sum", choices=REDUCTIONS)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

@@ -60,8 +60,8 @@ class RecAdam(Regularizer):
     version = "2"  # 2: k per run, not per step
     # The authors' BERT-base runs: γ (pretrain_cof) 5000, k 0.1 per step and t0 1000 of 9000
     # steps; t0 rounded to a tenth of the run.
-    hyperparameters = {"k": Param(900.0, gt=0), "t0": Param(0.1, ge=0, le=1),
-                       "gamma": Param(5000.0, ge=0)}
+    hyperparameters = {"k": Param(900.0, gt=0, le=1e6), "t0": Param(0.1, ge=0, le=1),
+                       "gamma": Param(5000.0, ge=0, le=1e7)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

@@ -39,7 +39,7 @@ class SAM(Regularizer):
                    "w + ρ·g/‖g‖, the batch's worst nearby weights to first order.")
     citation = ("Foret et al., ICLR 2021, Sharpness-Aware Minimization for Efficiently Improving "
                 "Generalization")
-    hyperparameters = {"rho": Param(0.05, gt=0)}
+    hyperparameters = {"rho": Param(0.05, gt=0, le=100)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

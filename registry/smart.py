@@ -165,10 +165,10 @@ class Smart(Regularizer):
                    "ascent) and a Bregman proximal term toward a momentum teacher.")
     citation = ("Jiang et al., ACL 2020, SMART: Robust and efficient fine-tuning for pre-trained "
                 "natural language models through principled regularized optimization")
-    hyperparameters = {"lambda_s": Param(1.0, ge=0), "eta": Param(1e-3, ge=0),
-                       "sigma": Param(1e-5, ge=0), "K": Param(1, ge=0), "mu": Param(1.0, ge=0),
-                       "beta": Param(0.99, ge=0, le=1), "teacher": Param(True),
-                       "norm_eps": Param(0.0, ge=0),
+    hyperparameters = {"lambda_s": Param(1.0, ge=0, le=1e3), "eta": Param(1e-3, ge=0, le=10),
+                       "sigma": Param(1e-5, ge=0, le=1), "K": Param(1, ge=0, le=100),
+                       "mu": Param(1.0, ge=0, le=1e3), "beta": Param(0.99, ge=0, le=1),
+                       "teacher": Param(True), "norm_eps": Param(0.0, ge=0, le=1),
                        "ascent": Param("symmetric_kl", choices=("symmetric_kl", "stable_kl"))}
 
     @classmethod

@@ -22,7 +22,7 @@ class WeightDecay(Regularizer):
     description = ("Decoupled weight decay toward zero (AdamW), on every parameter but biases and "
                    "LayerNorm weights.")
     citation = "Loshchilov & Hutter, ICLR 2019, Decoupled Weight Decay Regularization"
-    hyperparameters = {"weight_decay": Param(0.01, ge=0)}
+    hyperparameters = {"weight_decay": Param(0.01, ge=0, le=1e4)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

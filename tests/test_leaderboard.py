@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from regbench import leaderboard
+from regbench import leaderboard, outputs
 from regbench.board import _wall_seconds, build
 from regbench.cli import main
 from regbench.errors import RegbenchError
@@ -755,11 +755,10 @@ def test_a_board_of_fewer_runs_replaces_a_published_one_only_when_forced(tmp_pat
     out = tmp_path / "out"
     publish(frame, None, out, "board", META)
     before = _files(out)
-    empty = Store("sqlite://").frame()
-    with pytest.raises(RegbenchError, match=r"shows 60 runs and this board only 0.*--force"):
-        publish(empty, None, out, "board", META)
-    assert _files(out) == before
     smaller = frame[frame.task == "rte"]
+    with pytest.raises(RegbenchError, match=r"shows 60 runs and this one only 30.*--force"):
+        publish(smaller, None, out, "board", META)
+    assert _files(out) == before
     publish(smaller, None, out, "board", META, force=True)
     # CoLA's plots went with the board that had them.
     assert sorted(p.name for p in out.glob("*.png")) == ["board-forest.png",
@@ -790,7 +789,7 @@ def test_an_interrupted_publish_leaves_the_old_board_whole(tmp_path, monkeypatch
         if len(written) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(leaderboard.os, "fsync", interrupted)
+    monkeypatch.setattr(outputs.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         publish(frame, None, out, "board", META)
     assert _files(out) == before  # and no temporary file is left behind
@@ -993,11 +992,13 @@ def test_missing_vanilla(tmp_path):
 
 @pytest.mark.parametrize("frame", [Store("sqlite://").frame(), pd.DataFrame()],
                          ids=["empty store", "no columns"])
-def test_empty_frame(tmp_path, frame):
-    path = publish(frame, None, tmp_path, "empty", META)
-    assert "No final runs" in path.read_text()
-    assert json.loads((tmp_path / "empty.json").read_text())["cells"] == []
-    assert not list(tmp_path.glob("*.png"))
+def test_an_empty_frame_renders_but_is_never_published(tmp_path, frame):
+    board = build(frame, None, META)
+    assert "No final runs" in render(board, [])
+    assert board.to_json()["cells"] == [] and not figures(board)
+    with pytest.raises(RegbenchError, match="no board to publish"):
+        publish(frame, None, tmp_path, "empty", META, force=True)
+    assert not list(tmp_path.iterdir())
 
 
 def test_planned_but_never_run(tmp_path):

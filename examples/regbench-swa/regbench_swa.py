@@ -43,9 +43,11 @@ class SWA(Regularizer):
     version = "1"  # part of every run's identity: raise it whenever a change alters results
     hyperparameters = {
         "swa_start": Param(0.75, ge=0, lt=1, help="share of the run's steps before averaging"),
-        "swa_lr": Param(0.5, gt=0, help="the SWA rate, as a factor of the recipe's learning rate"),
+        "swa_lr": Param(0.5, gt=0, le=100,
+                        help="the SWA rate, as a factor of the recipe's learning rate"),
         "lr_schedule": Param("constant", choices=("constant", "cyclic")),
-        "c": Param(1, ge=1, help="steps between two averaged weights; the cycle's length"),
+        "c": Param(1, ge=1, le=10_000,
+                   help="steps between two averaged weights; the cycle's length"),
     }
 
     @classmethod
