@@ -161,7 +161,7 @@ def _cause(err: BaseException) -> sa.exc.DBAPIError | None:
 # "too many connections for role") and MySQL ("Too many connections") refuse a connection when
 # their limit is reached.
 _CROWDED = ("too many clients", "too many connections", "remaining connection slots")
-CONNECTIONS_PER_WORKER = 4  # the pools' bounds: `_engine_options` and `study_storage`
+CONNECTIONS_PER_WORKER = 3  # the pools' bounds: `_engine_options` and `study_storage`
 
 
 def _crowded(err: BaseException) -> bool:
@@ -242,8 +242,9 @@ def patiently(attempt: Callable[[], T], url: str | sa.URL, patience: float,
             if lost is None:
                 lost = now
                 if _disconnected(err) and patience:
-                    log.warning("%s the database at %s (%s); trying again for up to %.0f s",
-                                "no connection free at" if _crowded(err) else "lost",
+                    log.warning("%s %s (%s); trying again for up to %.0f s",
+                                "no connection free on the database server at"
+                                if _crowded(err) else "lost the database at",
                                 _where(url), type(err).__name__, patience)
             if _disconnected(err) and now < lost + patience:
                 # Jitter on the back-off, not on the time left: a fraction of what is left
