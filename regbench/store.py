@@ -161,7 +161,9 @@ def _cause(err: BaseException) -> sa.exc.DBAPIError | None:
 # "too many connections for role") and MySQL ("Too many connections") refuse a connection when
 # their limit is reached.
 _CROWDED = ("too many clients", "too many connections", "remaining connection slots")
-CONNECTIONS_PER_WORKER = 3  # the pools' bounds: `_engine_options` and `study_storage`
+# The most a worker holds at once: the store's pool of two (its work and its heartbeat), and
+# Optuna's one (two for its schema check at start-up, before the heartbeat starts).
+CONNECTIONS_PER_WORKER = 3
 
 
 def _crowded(err: BaseException) -> bool:
