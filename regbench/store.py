@@ -659,15 +659,12 @@ class Store:
 
     @database_call
     def share(self, suite: str, key: str) -> None:
-        """Count the stored run `key`, of another suite, as `suite`'s too."""
-        with self.engine.begin() as connection:
-            if connection.execute(sa.select(shared.c.key).where(
-                    shared.c.suite == suite, shared.c.key == key)).first() is not None:
-                return
+        """Count the stored run `key`, of another suite, as `suite`'s too; once, however many
+        workers of the suite (or tries of one) do it."""
         try:
             with self.engine.begin() as connection:
                 connection.execute(sa.insert(shared).values(suite=suite, key=key))
-        except sa.exc.IntegrityError:  # another worker of the suite shared it first
+        except sa.exc.IntegrityError:  # shared already
             pass
 
     @database_call
