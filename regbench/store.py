@@ -232,9 +232,11 @@ def database_call(method: Callable[..., T] | None = None, *,
 
 
 def patiently(attempt: Callable[[], T], url: str | sa.URL, patience: float,
-              on_retry: Callable[[], None] | None = None) -> T:
-    """`attempt()`, called again while the database server is out of reach or has no connection
-    free, for up to `patience` seconds (see `database_call`)."""
+              on_retry: Callable[[], None] | None = None,
+              transient: Callable[[BaseException], bool] = _disconnected) -> T:
+    """`attempt()`, called again while it fails for a `transient` reason (by default, the
+    database server out of reach or with no connection free), for up to `patience` seconds (see
+    `database_call`)."""
     lost, delay = None, 0.5
     while True:
         try:
@@ -243,12 +245,12 @@ def patiently(attempt: Callable[[], T], url: str | sa.URL, patience: float,
             now = time.monotonic()
             if lost is None:
                 lost = now
-                if _disconnected(err) and patience:
+                if transient(err) and patience:
                     log.warning("%s %s (%s); trying again for up to %.0f s",
                                 "no connection free on the database server at"
                                 if _crowded(err) else "lost the database at",
                                 _where(url), type(err).__name__, patience)
-            if _disconnected(err) and now < lost + patience:
+            if transient(err) and now < lost + patience:
                 # Jitter on the back-off, not on the time left: a fraction of what is left
                 # would shrink without end and call the server ever faster near the deadline.
                 time.sleep(min(delay * random.uniform(0.5, 1.0), lost + patience - now))
@@ -259,7 +261,7 @@ def patiently(attempt: Callable[[], T], url: str | sa.URL, patience: float,
             problem = explain(err, url)
             if problem is None:
                 raise
-            if patience and _disconnected(err):
+            if patience and transient(err):
                 raise RegbenchError(
                     f"{problem} It could not be used for {now - lost:.0f} s, past "
                     f"--heartbeat-timeout ({patience:.0f} s); once it is back, run the same "
@@ -365,7 +367,7 @@ def study_storage(url: str, patience: float = 0.0) -> optuna.storages.RDBStorage
     if "pool_size" in options:
         options.update(pool_size=1, max_overflow=1)
     storage = patiently(lambda: tolerate_creation_race(
-        lambda: _PatientStudies(url, engine_kwargs=options)), url, patience)
+        lambda: _PatientStudies(url, engine_kwargs=options)), url, patience, transient=_crowded)
     storage.patience = patience
     _serialise_sqlite(storage.engine)
     return storage
@@ -396,7 +398,7 @@ def tolerate_creation_race(create: Callable[[], T], attempts: int = 5) -> T:
         try:
             return create()
         except sa.exc.DatabaseError as err:
-            if _disconnected(err):  # not a race: for the caller's patience
+            if _crowded(err):  # not a race: for the caller's patience
                 raise
             time.sleep(random.uniform(0.1, 0.5))  # apart, so the racers do not meet again
     return create()
@@ -510,7 +512,7 @@ def open_database(url: str, create: bool) -> sa.Engine:
     except sa.exc.SQLAlchemyError as err:
         engine.dispose()
         problem = explain(err, url)
-        if problem is None or _disconnected(err):  # the latter for the caller's patience
+        if problem is None or _crowded(err):  # the latter for the caller's patience
             raise
         raise problem from err
     if runs.name not in tables and (tables or not create):
@@ -594,7 +596,10 @@ class Store:
 
     def __init__(self, url: str, create: bool = True, patience: float = 0.0):
         self.url, self.patience = url, patience
-        self.engine = patiently(lambda: open_database(url, create), url, patience)
+        # A server out of reach at start-up is more likely a wrong URL than a restart: said at
+        # once. One with no connection free is waited for.
+        self.engine = patiently(lambda: open_database(url, create), url, patience,
+                                transient=_crowded)
         if create:
             self._create_tables()
         self._columns = self._present_columns()
