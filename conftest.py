@@ -1,10 +1,13 @@
 """Fixtures shared by the tests and the benchmarks."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,3 +116,141 @@ def storage_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'suite.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+class LostReplies:
+    """A TCP proxy on loopback in front of a PostgreSQL server, for faults a worker meets on a
+    network. For each of `patterns` (regular expressions over the SQL of a transaction), the first
+    transaction that matches commits on the server, then its connection is cut before the reply
+    reaches the client: a write that landed, its reply lost. `outage(seconds)` cuts every
+    connection and refuses new ones for that long."""
+
+    def __init__(self, server_port: int, patterns: tuple[str, ...] = ()):
+        self.server_port = server_port
+        self.pending = list(patterns)
+        self.dropped: list[str] = []  # the patterns whose reply was lost, in order
+        self._refuse_until = 0.0
+        self._links: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, server_url: str) -> str:
+        """`server_url`, through the proxy, in plain text (no SSL or GSS handshake to parse)."""
+        return (server_url.replace(f":{self.server_port}/", f":{self.port}/")
+                + "?sslmode=disable&gssencmode=disable")
+
+    def outage(self, seconds: float) -> None:
+        with self._lock:
+            self._refuse_until = time.monotonic() + seconds
+            for end in self._links:
+                _close(end)
+            self._links.clear()
+
+    def close(self) -> None:
+        _close(self._listener)
+        self.outage(0)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if time.monotonic() < self._refuse_until:
+                    _close(client)
+                    continue
+                server = socket.create_connection(("127.0.0.1", self.server_port))
+                for end in (client, server):  # as the client wrote them: no Nagle delays
+                    end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._links += [client, server]
+            cut = threading.Event()  # set: the server's next reply is not passed on
+            threading.Thread(target=self._from_client, args=(client, server, cut),
+                             daemon=True).start()
+            threading.Thread(target=self._from_server, args=(server, client, cut),
+                             daemon=True).start()
+
+    def _from_server(self, server: socket.socket, client: socket.socket,
+                     cut: threading.Event) -> None:
+        while (data := _recv(server)) and not cut.is_set():
+            client.sendall(data)
+        _close(client)
+        _close(server)
+
+    def _from_client(self, client: socket.socket, server: socket.socket,
+                     cut: threading.Event) -> None:
+        """Pass the client's messages on one by one, reading the SQL of each transaction: simple
+        queries (BEGIN, COMMIT), and the extended protocol's Parse and Bind."""
+        buffer, started, statements, prepared = b"", False, [], {}
+        while data := _recv(client):
+            buffer, whole = buffer + data, b""
+            while True:
+                head = 0 if not started else 1  # the startup message has no type byte
+                if len(buffer) < head + 4:
+                    break
+                size = head + int.from_bytes(buffer[head:head + 4], "big")
+                if len(buffer) < size:
+                    break
+                message, buffer = buffer[:size], buffer[size:]
+                kind, body = message[:head], message[head + 4:]
+                if kind == b"Q":
+                    sql = body.rstrip(b"\0").decode().strip().upper()
+                    if sql == "COMMIT" and self._lose("\n".join(statements)):
+                        cut.set()
+                    if sql in ("BEGIN", "COMMIT", "ROLLBACK"):
+                        statements = []
+                    else:
+                        statements.append(sql)
+                elif kind == b"P":
+                    name, query = body.split(b"\0")[:2]
+                    prepared[name] = query.decode()
+                elif kind == b"B":
+                    statements.append(prepared.get(body.split(b"\0")[1], ""))
+                started = True
+                whole += message
+            try:
+                server.sendall(whole)
+            except OSError:
+                return
+        _close(server)
+        _close(client)
+
+    def _lose(self, transaction: str) -> bool:
+        with self._lock:
+            for pattern in self.pending:
+                if re.search(pattern, transaction, re.IGNORECASE):
+                    self.pending.remove(pattern)
+                    self.dropped.append(pattern)
+                    return True
+        return False
+
+
+def _recv(end: socket.socket) -> bytes:
+    try:
+        return end.recv(65536)
+    except OSError:
+        return b""
+
+
+def _close(end: socket.socket) -> None:
+    try:
+        end.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    end.close()
+
+
+@pytest.fixture
+def lost_replies(postgres):
+    """`lost_replies(*patterns)`: a `LostReplies` proxy in front of the test server."""
+    proxies = []
+
+    def start(*patterns: str) -> LostReplies:
+        proxies.append(LostReplies(postgres.port, patterns))
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.close()

@@ -27,6 +27,7 @@ from regbench.modeling import check_max_length, model_depth
 from regbench.plugins import build, distribution_of, get_regularizer
 from regbench.recipe import Recipe
 from regbench.store import (
+    CONNECTIONS_PER_WORKER,
     FAILED,
     FINISHED,
     PRUNED,
@@ -43,9 +44,9 @@ from regbench.suite import Cell, Suite
 from regbench.tasks import get_task
 from regbench.tuning import (
     RUN_FAILED,
+    best_params,
     open_study,
     report,
-    retry,
     slot_key,
     start_trial,
     suggest,
@@ -185,6 +186,7 @@ class SuiteRunner:
         self.device = pick_device(device)
         self.plan.prepare_data(data_dir)
         self.store = Store(storage, patience=heartbeat_timeout)
+        self._check_connections()
         self.studies = study_storage(storage, patience=heartbeat_timeout)
         self.tally = Tally()
         self.progress = progress
@@ -215,6 +217,8 @@ class SuiteRunner:
         key = run_key(config)
         stored = self.store.get(key)
         if self._settled(stored):
+            if stored["suite"] != self.suite.name:  # the same run: it counts for this suite too
+                self.store.share(self.suite.name, key)
             self.tally.cached += 1
             self._advance(cell)
             return stored
@@ -312,10 +316,11 @@ class SuiteRunner:
             self.worker.finish(key)
         if waiting:
             return WAITING
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = best_params(study)
+        if best is None:
             log.error("no trial of %s completed: its final runs are skipped", name)
             return None
-        return {**fixed, **study.best_params}
+        return {**fixed, **best}
 
     def _run_trial(self, cell: Cell, study: optuna.Study, trial: optuna.Trial, claim: str,
                    fixed: dict[str, Any], space: dict[str, Any]) -> None:
@@ -323,6 +328,7 @@ class SuiteRunner:
         reported to the pruner as it comes (`regbench.tuning.report`)."""
         seeds = self.suite.tuning_seeds
         steps = self.suite.recipe.total_steps(cell.size)
+        judged = True  # the pruner is asked while its database answers
 
         def objective() -> float:
             params = {**fixed, **suggest(trial, space)}
@@ -332,8 +338,20 @@ class SuiteRunner:
                 curves.append([])
 
                 def evaluated(step: int, score: float, i: int = i) -> None:
+                    nonlocal judged
                     curves[i].append(score)
-                    if report(trial, curves, self.suite.recipe.evaluations):
+                    if not judged:
+                        return
+                    try:
+                        prune = report(trial, curves, self.suite.recipe.evaluations)
+                    except RegbenchError as err:
+                        judged = False
+                        log.warning("trial %d of %s is no longer judged by the pruner, as the "
+                                    "database is out of reach (%s); its run trains to the end, "
+                                    "to be stored, or printed if it cannot be", trial.number,
+                                    study.study_name, err)
+                        return
+                    if prune:
                         self.tally.saved_by_pruning += len(seeds) - i - 1 + (steps - step) / steps
                         self._advance(cell, len(seeds) - i)
                         raise optuna.TrialPruned()
@@ -361,17 +379,22 @@ class SuiteRunner:
                 raise optuna.exceptions.UpdateFinishedTrialError(claim)
             if outcome.get("state") is TrialState.FAIL:
                 trial.set_user_attr(RUN_FAILED, True)
-            study.tell(trial, **outcome, skip_if_finished=True)
+            # A worker that took the slot over closed the trial, if it came first: then this
+            # worker's outcome is not recorded, whatever its pause between these two calls.
+            told = study.tell(trial, **outcome, skip_if_finished=True)
+            if told.state != outcome.get("state", TrialState.COMPLETE):
+                raise optuna.exceptions.UpdateFinishedTrialError(claim)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning("trial %d of %s was taken over by another worker while this one was "
                         "silent past --heartbeat-timeout; this worker drops it", trial.number,
                         study.study_name)
 
     def _give_back(self, study: optuna.Study, trial: optuna.Trial, claim: str) -> None:
-        """Close an interrupted trial and queue its parameters again. A database error here must
-        not hide why the trial stopped: the next worker to claim the slot cleans up instead."""
+        """Close an interrupted trial, whose slot's next trial runs its parameters again. A
+        database error here must not hide why the trial stopped: the next worker to claim the
+        slot cleans up instead."""
         try:
-            retry(study, study.tell(trial, state=TrialState.FAIL))
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             self.worker.release(claim)
         except (RegbenchError, sa.exc.SQLAlchemyError,
                 optuna.exceptions.OptunaError) as err:
@@ -386,17 +409,21 @@ class SuiteRunner:
             key = run_key(self.plan.config(cell, params, seed))
             if key in self._attempted:
                 continue
-            stored = self.store.get(key)
-            if stored is not None and stored["status"] == FAILED and self._since_start(stored):
-                self._attempted.add(key)  # another worker tried it since this one began
+            if self._settled(self.store.get(key)):  # comes back as cached, with no claim
+                self.run_one("final", cell, params, seed)
+                self._attempted.add(key)
                 continue
-            needs_claim = not self._settled(stored)
-            if needs_claim and self.worker.claim(key) is not Claim.OURS:
+            if self.worker.claim(key) is not Claim.OURS:
                 complete = False
                 continue
-            # A stored run comes back as cached. An exception leaves the claim to `Worker.close`.
-            self.run_one("final", cell, params, seed)
-            if needs_claim and not self.worker.release(key):
+            # Read again with the claim held: a worker that held it before stored its run before
+            # giving it back, so a run that failed in this round is seen here, not trained again.
+            stored = self.store.get(key)
+            if stored is not None and stored["status"] == FAILED and self._since_start(stored):
+                self._advance(cell)
+            else:  # an exception leaves the claim to `Worker.close`
+                self.run_one("final", cell, params, seed)
+            if not self.worker.release(key):
                 log.warning("final run %s seed %d was taken over by another worker while this "
                             "one was silent past --heartbeat-timeout; the result stored first is "
                             "kept", cell, seed)
@@ -430,6 +457,7 @@ class SuiteRunner:
               tqdm(total=self.plan.total_runs(), desc=f"suite {self.suite.name}", unit="run",
                    disable=not self.progress) as self._bar):
             self._check_threads()
+            self._check_crowding()
             pending = self.plan.cells
             while pending:
                 before = self.tally.executed + self.tally.pruned
@@ -437,7 +465,7 @@ class SuiteRunner:
                 if pending and self.tally.executed + self.tally.pruned == before:
                     log.info("waiting for other workers on %d cells; work of a worker not heard "
                              "from in %.0f s is taken over", len(pending), self.heartbeat_timeout)
-                    time.sleep(self.worker.interval)
+                    self.worker.wait(self.worker.interval)
         log.info("suite %s: %d runs trained, %d pruned, %d cached, %d failed, %.1f runs saved by "
                  "the pruner", self.suite.name, self.tally.executed, self.tally.pruned,
                  self.tally.cached, self.tally.failed, self.tally.saved_by_pruning)
@@ -469,6 +497,27 @@ class SuiteRunner:
                                         for row in stored):
                 found.append(f"{name}: every final run failed with {errors.pop()}")
         return found
+
+    def _check_connections(self) -> None:
+        """A server that lets this user open fewer connections than a worker needs would keep
+        every worker waiting for one: refused at start-up, naming the setting to raise."""
+        limit = self.store.connection_limit()
+        if limit is not None and limit[0] < CONNECTIONS_PER_WORKER:
+            raise RegbenchError(
+                f"The database server at {self.store.where} lets regbench open {limit[0]} "
+                f"connections ({limit[1]}), and a worker needs {CONNECTIONS_PER_WORKER}: raise "
+                f"{limit[1]} to {CONNECTIONS_PER_WORKER} for each worker you start.")
+        self._connection_limit = limit
+
+    def _check_crowding(self) -> None:
+        """More workers than the server has connections for wait for one another's to close."""
+        limit, workers = self._connection_limit, self.worker.live_workers()
+        if limit is not None and workers * CONNECTIONS_PER_WORKER > limit[0]:
+            log.warning("%d workers share the database server at %s, which lets them open %d "
+                        "connections (%s); each needs %d, so some wait for a connection: raise "
+                        "%s to %d, or start at most %d workers", workers, self.store.where,
+                        limit[0], limit[1], CONNECTIONS_PER_WORKER, limit[1],
+                        workers * CONNECTIONS_PER_WORKER, limit[0] // CONNECTIONS_PER_WORKER)
 
     def _check_threads(self) -> None:
         """Workers that share a CPU and each use all its cores slow one another down, three times

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import optuna
 import pandas as pd
 import sqlalchemy as sa
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
 
 import regbench
 from regbench.errors import RegbenchError
@@ -75,6 +77,14 @@ runs = sa.Table(
     # regbench.metrics.test_reference: the test half's size, label counts and constant predictor,
     # so that a board is rendered from the store alone.
     sa.Column("test_reference", sa.JSON),
+)
+
+# The runs of a suite stored under another suite's name (the same key: the same run), which count
+# for this suite too.
+shared = sa.Table(
+    "regbench_shared_runs", metadata,
+    sa.Column("suite", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
 )
 
 
@@ -159,14 +169,33 @@ def _chain(err: BaseException):
 
 
 def _disconnected(err: BaseException) -> bool:
-    """Whether `err` is a database server out of reach (a restart, a network cut): worth waiting
-    for. SQLite's operational errors (a full disk, a lock) are not: waiting does not end them."""
+    """Whether `err` is a database server out of reach (a restart, a network cut), or one with no
+    connection free: worth waiting for. SQLite's operational errors (a full disk, a lock) are
+    not: waiting does not end them."""
+    return _cause(err) is not None
+
+
+def _cause(err: BaseException) -> sa.exc.DBAPIError | None:
+    """The driver's error that makes `err` worth waiting for, if any."""
     for cause in _chain(err):
         if isinstance(cause, sa.exc.DBAPIError) and (
                 cause.connection_invalidated or (isinstance(cause, sa.exc.OperationalError)
                                                  and not _from_sqlite(cause))):
-            return True
-    return False
+            return cause
+    return None
+
+
+# How PostgreSQL ("sorry, too many clients already", "remaining connection slots are reserved",
+# "too many connections for role") and MySQL ("Too many connections") refuse a connection when
+# their limit is reached.
+_CROWDED = ("too many clients", "too many connections", "remaining connection slots")
+# The most a worker holds at once: the store's pool of two (its work and its heartbeat), and
+# Optuna's one (two for its schema check at start-up, before the heartbeat starts).
+CONNECTIONS_PER_WORKER = 3
+
+
+def _crowded(err: BaseException) -> bool:
+    return any(word in str(cause).lower() for cause in _chain(err) for word in _CROWDED)
 
 
 def _from_sqlite(err: sa.exc.DBAPIError) -> bool:
@@ -182,46 +211,90 @@ def explain(err: BaseException, url: str | sa.URL) -> RegbenchError | None:
         for telling, problem in _PROBLEMS.items():
             if telling in text:
                 return RegbenchError(f"Storage {where}: {problem}.")
-    if _disconnected(err):
-        said = str(getattr(err, "orig", None) or err).strip()
-        first = said.splitlines()[0] if said else type(err).__name__
+    cause = _cause(err)
+    if cause is not None:
+        said = str(cause.orig or cause).strip()
+        first = said.splitlines()[0] if said else type(cause).__name__
+        if _crowded(err):
+            return RegbenchError(
+                f"The database server at {where} has no connection free ({first}). Each "
+                f"regbench worker needs up to {CONNECTIONS_PER_WORKER} connections: raise the "
+                "server's limit (PostgreSQL: max_connections in postgresql.conf, or the role's "
+                "CONNECTION LIMIT; MySQL: max_connections), or start fewer workers.")
         return RegbenchError(f"Could not use the database at {where}: {first}. Check that the "
                              "server is running, and the URL's host, port, user, password and "
                              "database name.")
     return None
 
 
-def database_call(method: Callable[..., T]) -> Callable[..., T]:
+def database_call(method: Callable[..., T] | None = None, *,
+                  landed: Callable[..., T | None] | None = None):
     """A method of an object with a `url` and `patience` (seconds) that uses the database, made
     patient and plain-spoken: while the server is out of reach it is called again, backing off
     with jitter, for up to `patience` seconds; then, or at once for any problem of the user's or
-    the machine's, a `RegbenchError` names the store and says what to do."""
+    the machine's, a `RegbenchError` names the store and says what to do.
+
+    A write whose reply was lost may have landed: before it is tried again, `landed` (called with
+    the same arguments) says so by returning its result, or None to try it again."""
+    if method is None:
+        return functools.partial(database_call, landed=landed)
 
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        give_up, delay = None, 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-                now = time.monotonic()
-                if give_up is None:
-                    give_up = now + self.patience
-                    if _disconnected(err) and self.patience:
-                        log.warning("lost the database at %s (%s); trying again for up to %.0f s",
-                                    _where(self.url), type(err).__name__, self.patience)
-                if _disconnected(err) and now < give_up:
-                    # Jitter on the back-off, not on the time left: a fraction of what is left
-                    # would shrink without end and call the server ever faster near the deadline.
-                    time.sleep(min(delay * random.uniform(0.5, 1.0), give_up - now))
-                    delay = min(2 * delay, 30.0)
-                    continue
-                problem = explain(err, self.url)
-                if problem is None:
-                    raise
-                raise problem from err
+        retried = False
+
+        def attempt():
+            if retried and landed is not None:
+                found = landed(self, *args, **kwargs)
+                if found is not None:
+                    return found
+            return method(self, *args, **kwargs)
+
+        def again():
+            nonlocal retried
+            retried = True
+
+        return patiently(attempt, self.url, self.patience, again)
 
     return call
+
+
+def patiently(attempt: Callable[[], T], url: str | sa.URL, patience: float,
+              on_retry: Callable[[], None] | None = None,
+              transient: Callable[[BaseException], bool] = _disconnected) -> T:
+    """`attempt()`, called again while it fails for a `transient` reason (by default, the
+    database server out of reach or with no connection free), for up to `patience` seconds (see
+    `database_call`)."""
+    lost, delay = None, 0.5
+    while True:
+        try:
+            return attempt()
+        except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+            now = time.monotonic()
+            if lost is None:
+                lost = now
+                if transient(err) and patience:
+                    log.warning("%s %s (%s); trying again for up to %.0f s",
+                                "no connection free on the database server at"
+                                if _crowded(err) else "lost the database at",
+                                _where(url), type(err).__name__, patience)
+            if transient(err) and now < lost + patience:
+                # Jitter on the back-off, not on the time left: a fraction of what is left
+                # would shrink without end and call the server ever faster near the deadline.
+                time.sleep(min(delay * random.uniform(0.5, 1.0), lost + patience - now))
+                delay = min(2 * delay, 30.0)
+                if on_retry is not None:
+                    on_retry()
+                continue
+            problem = explain(err, url)
+            if problem is None:
+                raise
+            if patience and transient(err):
+                raise RegbenchError(
+                    f"{problem} It could not be used for {now - lost:.0f} s, past "
+                    f"--heartbeat-timeout ({patience:.0f} s); once it is back, run the same "
+                    "command again: every stored run is kept, and the suite resumes.") from err
+            raise problem from err
 
 
 def _engine_options(url: str) -> dict[str, Any]:
@@ -232,19 +305,75 @@ def _engine_options(url: str) -> dict[str, Any]:
     backend = sa.make_url(url).get_backend_name()
     if backend == "sqlite":
         return {"connect_args": {"timeout": 60}}
+    # A worker's two threads (its work, its heartbeat) use the store's engine at once, never
+    # more: a bounded pool keeps what a worker takes from the server's connections known.
     if backend in ("postgresql", "mysql"):
-        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10},
+                "pool_size": 2, "max_overflow": 0}
     return {"pool_pre_ping": True}
+
+
+def connection_limit(engine: sa.Engine) -> tuple[int, str] | None:
+    """The connections this database user may open on the server, and the setting that decides
+    it; None for SQLite, or where the server does not say."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            row = connection.execute(sa.text(
+                "select current_setting('max_connections')::int, "
+                "current_setting('superuser_reserved_connections')::int, "
+                "coalesce(current_setting('reserved_connections', true), '0')::int, "
+                "r.rolsuper, r.rolconnlimit, d.datconnlimit "
+                "from pg_roles r, pg_database d "
+                "where r.rolname = current_user and d.datname = current_database()")).one()
+            limits = [(row[0] - (0 if row[3] else row[1] + row[2]),
+                       "max_connections in postgresql.conf")]
+            if row[4] >= 0 and not row[3]:
+                limits.append((row[4], "the role's CONNECTION LIMIT (ALTER ROLE)"))
+            if row[5] >= 0 and not row[3]:
+                limits.append((row[5], "the database's CONNECTION LIMIT (ALTER DATABASE)"))
+            return min(limits)
+        if engine.dialect.name == "mysql":
+            server, user = connection.execute(sa.text(
+                "select @@max_connections, @@max_user_connections")).one()
+            return min((server, "max_connections"),
+                       (user or server + 1, "max_user_connections"))
+    return None
 
 
 def create_engine(url: str) -> sa.Engine:
     return _serialise_sqlite(sa.create_engine(url, **_engine_options(url)))
 
 
+TOKEN = "regbench_token"  # system attribute: what makes a trial's creation a no-op when repeated
+
+
 class _PatientStudies(optuna.storages.RDBStorage):
-    """Optuna's storage with every call a `database_call`."""
+    """Optuna's storage with every call a `database_call`, and its writes safe to repeat when a
+    reply is lost: a trial created from a template with a `TOKEN` is created once, and a state
+    already set is not set again."""
 
     patience = 0.0
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial: FrozenTrial | None,
+                                session: Any) -> Any:
+        # Called with the study's row locked, and again by Optuna's own retries of a creation.
+        token = template_trial.system_attrs.get(TOKEN) if template_trial is not None else None
+        if token is not None:
+            found = (session.query(models.TrialModel).join(models.TrialSystemAttributeModel)
+                     .filter(models.TrialModel.study_id == study_id,
+                             models.TrialSystemAttributeModel.key == TOKEN,
+                             models.TrialSystemAttributeModel.value_json == json.dumps(token))
+                     .one_or_none())
+            if found is not None:
+                return found
+        return super()._get_prepared_new_trial(study_id, template_trial, session)
+
+    def _state_was_set(self, trial_id: int, state: TrialState,
+                       values: Sequence[float] | None = None) -> bool | None:
+        trial = optuna.storages.RDBStorage.get_trial(self, trial_id)
+        if trial.state == state and (values is None or trial.values == list(values)):
+            return True
+        return None
 
 
 # The calls of Optuna's storage that each open a session of their own: the storage interface and
@@ -253,20 +382,20 @@ class _PatientStudies(optuna.storages.RDBStorage):
 for _name in {*(n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")),
               "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
               "_get_stale_trial_ids"}:
-    setattr(_PatientStudies, _name, database_call(getattr(optuna.storages.RDBStorage, _name)))
+    setattr(_PatientStudies, _name, database_call(
+        getattr(optuna.storages.RDBStorage, _name),
+        landed=_PatientStudies._state_was_set if _name == "set_trial_state_values" else None))
 
 
 def study_storage(url: str, patience: float = 0.0) -> optuna.storages.RDBStorage:
-    """Optuna's storage in the same database, its engine set up as the store's, its calls as
-    patient as `patience` (seconds)."""
-    try:
-        storage = tolerate_creation_race(
-            lambda: _PatientStudies(url, engine_kwargs=_engine_options(url)))
-    except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-        problem = explain(err, url)
-        if problem is None:
-            raise
-        raise problem from err
+    """Optuna's storage in the same database, its engine set up as the store's (but for the pool:
+    its schema check at start-up holds two connections, its calls one), its calls as patient as
+    `patience` (seconds)."""
+    options = _engine_options(url)
+    if "pool_size" in options:
+        options.update(pool_size=1, max_overflow=1)
+    storage = patiently(lambda: tolerate_creation_race(
+        lambda: _PatientStudies(url, engine_kwargs=options)), url, patience, transient=_crowded)
     storage.patience = patience
     _serialise_sqlite(storage.engine)
     return storage
@@ -296,7 +425,9 @@ def tolerate_creation_race(create: Callable[[], T], attempts: int = 5) -> T:
     for _ in range(attempts - 1):
         try:
             return create()
-        except sa.exc.DatabaseError:
+        except sa.exc.DatabaseError as err:
+            if _crowded(err):  # not a race: for the caller's patience
+                raise
             time.sleep(random.uniform(0.1, 0.5))  # apart, so the racers do not meet again
     return create()
 
@@ -417,7 +548,7 @@ def open_database(url: str, create: bool) -> sa.Engine:
     except sa.exc.SQLAlchemyError as err:
         engine.dispose()
         problem = explain(err, url)
-        if problem is None:
+        if problem is None or _crowded(err):  # the latter for the caller's patience
             raise
         raise problem from err
     if runs.name not in tables and (tables or not create):
@@ -547,7 +678,10 @@ class Store:
 
     def __init__(self, url: str, create: bool = True, patience: float = 0.0):
         self.url, self.patience = url, patience
-        self.engine = open_database(url, create)
+        # A server out of reach at start-up is more likely a wrong URL than a restart: said at
+        # once. One with no connection free is waited for.
+        self.engine = patiently(lambda: open_database(url, create), url, patience,
+                                transient=_crowded)
         if create:
             self._create_tables()
         self._columns = self._present_columns()
@@ -611,10 +745,37 @@ class Store:
                 return set()
             return set(connection.execute(sa.text("select study_name from studies")).scalars())
 
+    @property
+    def where(self) -> str:
+        """The store's URL, fit to print."""
+        return _where(self.url)
+
+    @database_call
+    def connection_limit(self) -> tuple[int, str] | None:
+        """See `connection_limit`."""
+        return connection_limit(self.engine)
+
+    @database_call
+    def share(self, suite: str, key: str) -> None:
+        """Count the stored run `key`, of another suite, as `suite`'s too; once, however many
+        workers of the suite (or tries of one) do it."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(sa.insert(shared).values(suite=suite, key=key))
+        except sa.exc.IntegrityError:  # shared already
+            pass
+
     @database_call
     def frame(self, suite: str | None = None) -> pd.DataFrame:
+        """The stored runs: all, or a suite's, those it stored and those of other suites it
+        shares (`share`)."""
         query = sa.select(*self._columns)
         if suite is not None:
-            query = query.where(runs.c.suite == suite)
+            condition = runs.c.suite == suite
+            with self.engine.connect() as connection:
+                if sa.inspect(connection).has_table(shared.name):  # an older store has none
+                    condition = condition | runs.c.key.in_(
+                        sa.select(shared.c.key).where(shared.c.suite == suite))
+            query = query.where(condition)
         with self.engine.connect() as connection:
             return pd.read_sql(query, connection)

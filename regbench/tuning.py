@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import uuid
 import warnings
 from typing import Any
 
@@ -16,6 +17,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from regbench.store import TOKEN
 from regbench.suite import Tuning
 
 RUN_FAILED = "run_failed"  # user attribute of a trial whose run raised or diverged
@@ -127,22 +129,35 @@ def slot_key(study_name: str, slot: int) -> str:
 def start_trial(study: optuna.Study, slot: int, defaults: dict[str, Any],
                 tuning: Tuning) -> optuna.Trial | None:
     """A new trial in `slot`, which the caller holds, or None when the slot's trial was spent and
-    only the claim's `finish` was cut off. A trial left running there by a dead worker is closed
-    and its parameters queued again, so the runs it stored serve again. Slot 0's first trial is
-    the plugin's defaults, so tuning can only improve on them."""
-    before = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SLOT) == slot]
+    only the claim's `finish` was cut off. A trial left running there by a dead worker is closed,
+    and the new one runs its parameters again, so the runs it stored serve again. Slot 0's first
+    trial is the plugin's defaults, so tuning can only improve on them.
+
+    The trial is made in one write, with its slot and the parameters it must run, and keyed
+    (`TOKEN`), so that a write repeated after its reply was lost makes no second trial; and no
+    other slot can take it, as they could a trial in Optuna's shared queue."""
+    for trial in _of_slot(study, slot):
+        if trial.state == TrialState.RUNNING:
+            try:
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # its worker, frozen past the timeout, recorded it meanwhile
+    before = _of_slot(study, slot)
     if any(spent(t) for t in before):
         return None
-    for trial in before:
-        if trial.state == TrialState.RUNNING:
-            retry(study, study.tell(trial.number, state=TrialState.FAIL))
-    if slot == 0 and not before and defaults:
-        # A worker that died between queueing the defaults and taking them left them queued.
-        study.enqueue_trial(defaults, skip_if_exists=True)
+    drawn = [t.system_attrs.get("fixed_params") or t.params for t in before]
+    fixed = next((params for params in drawn if params), defaults if slot == 0 else None)
     study.sampler = make_sampler(tuning, slot)
-    trial = study.ask()  # a queued trial first, if any
-    trial.set_user_attr(SLOT, slot)
-    return trial
+    template = optuna.trial.create_trial(
+        state=TrialState.RUNNING, user_attrs={SLOT: slot},
+        system_attrs={TOKEN: uuid.uuid4().hex, **({"fixed_params": fixed} if fixed else {})})
+    # As `Study.ask` does, but for the queue: its trials are anyone's.
+    study._thread_local.cached_all_trials = None
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template))
+
+
+def _of_slot(study: optuna.Study, slot: int) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SLOT) == slot]
 
 
 def spent(trial: optuna.trial.FrozenTrial) -> bool:
@@ -151,11 +166,14 @@ def spent(trial: optuna.trial.FrozenTrial) -> bool:
         trial.state == TrialState.FAIL and trial.user_attrs.get(RUN_FAILED))
 
 
-def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue again the parameters of a trial that was cut off: those it was queued with (it may
-    have been cut off before it took them), else those it drew."""
-    study.enqueue_trial(trial.system_attrs.get("fixed_params") or trial.params,
-                        user_attrs={"retry_of": trial.number})
+def best_params(study: optuna.Study) -> dict[str, Any] | None:
+    """The parameters of the best completed trial, ties going to the earliest slot (the defaults
+    first): chosen by the trials' values and slots, never by their numbers, which depend on
+    which worker asked first and on the trials cut off and run again. None when none completed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    return max(complete, key=lambda t: (t.value, -t.user_attrs.get(SLOT, t.number))).params
 
 
 def suggest(trial: optuna.Trial, space: dict[str, BaseDistribution]) -> dict[str, Any]:

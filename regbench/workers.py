@@ -58,6 +58,7 @@ def _machine() -> str:
 
 
 MACHINE = _machine()
+_POLL = 0.5  # seconds between two looks at the claims of a worker that waits for others
 
 
 def _process_exists(pid: int) -> bool:
@@ -83,6 +84,10 @@ class Worker:
         # A database out of reach is waited for as long as other workers wait for this one.
         self.engine, self.timeout, self.url, self.patience = engine, timeout, engine.url, timeout
         self.id = f"{platform.node()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # Since when this worker's own heartbeat lands again after it failed: others' silence is
+        # counted from then, as they could not write theirs either (0: never failed). None while
+        # it fails, when no other worker is judged dead.
+        self._heard_since: float | None = 0.0
         self._join()
         self._stop = threading.Event()
         self._heart = threading.Thread(target=self._beat, name="regbench-heartbeat", daemon=True)
@@ -92,9 +97,12 @@ class Worker:
     def _join(self) -> None:
         tolerate_creation_race(lambda: metadata.create_all(self.engine))
         with self.engine.begin() as connection:
-            connection.execute(sa.insert(workers).values(
-                id=self.id, machine=MACHINE, host=platform.node(), pid=os.getpid(),
-                heartbeat=time.time()))
+            # Registered already when a first try's reply was lost.
+            if connection.execute(sa.update(workers).where(workers.c.id == self.id)
+                                  .values(heartbeat=time.time())).rowcount == 0:
+                connection.execute(sa.insert(workers).values(
+                    id=self.id, machine=MACHINE, host=platform.node(), pid=os.getpid(),
+                    heartbeat=time.time()))
 
     @property
     def interval(self) -> float:
@@ -108,7 +116,11 @@ class Worker:
                     connection.execute(sa.update(workers).where(workers.c.id == self.id)
                                        .values(heartbeat=time.time()))
             except sa.exc.SQLAlchemyError as err:  # a lost beat is harmless; the next may land
+                self._heard_since = None
                 log.warning("heartbeat of worker %s not written: %s", self.id, err)
+            else:
+                if self._heard_since is None:
+                    self._heard_since = time.time()
 
     def close(self) -> None:
         """Stop the heartbeat and give back the claims still open (an interrupted run), so that
@@ -171,10 +183,13 @@ class Worker:
     @database_call
     def release(self, key: str) -> bool:
         """Give claimed work back, for any worker to claim again; False when it was no longer
-        this worker's (taken over while this worker was silent)."""
+        this worker's (taken over while this worker was silent). Given back already, as when a
+        first try's reply was lost, is not taken over."""
         with self.engine.begin() as connection:
-            return connection.execute(sa.delete(claims).where(
-                claims.c.key == key, claims.c.worker == self.id)).rowcount == 1
+            connection.execute(sa.delete(claims).where(claims.c.key == key,
+                                                       claims.c.worker == self.id))
+            return connection.execute(sa.select(claims.c.key).where(
+                claims.c.key == key)).first() is None
 
     @database_call
     def holds(self, key: str) -> bool:
@@ -190,7 +205,9 @@ class Worker:
             return False
         if row.machine == MACHINE and not _process_exists(row.pid):
             return False  # killed on this machine: no need to wait for its heartbeat to age
-        return time.time() - row.heartbeat < self.timeout
+        if self._heard_since is None:
+            return True
+        return time.time() - max(row.heartbeat, self._heard_since) < self.timeout
 
     @database_call
     def live_workers(self, here: bool = False) -> int:
@@ -201,3 +218,19 @@ class Worker:
             query = query.where(workers.c.machine == MACHINE)
         with self.engine.connect() as connection:
             return connection.execute(query).scalar()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep for up to `seconds`, waking as soon as some claim is given back or done: what
+        this worker waits for may be free, or the suite complete."""
+        query = sa.select(sa.func.count(), sa.func.sum(sa.case((claims.c.done, 1), else_=0)))
+        end, before = time.monotonic() + seconds, None
+        while True:
+            try:
+                with self.engine.connect() as connection:
+                    now = connection.execute(query).one()
+            except sa.exc.SQLAlchemyError:  # the next look at the work says what is wrong
+                return
+            if before is not None and now != before or time.monotonic() >= end:
+                return
+            before = now
+            time.sleep(min(_POLL, max(0.0, end - time.monotonic())))
