@@ -2,6 +2,7 @@
 
     python benchmarks/breakdown.py --t0 $(date +%s.%N) [--suite glue-cpu] [--task stsb]
                                    [--size 64] [--device cpu] [--data-dir DIR]
+                                   [--min-steps N --max-length L]
 
 Runs what a `regbench run` worker runs, with the runner's own code (`SuiteRunner.run_one`, the
 same calls in the same order) on a throwaway SQLite store: the imports, the data and features
@@ -29,6 +30,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections import defaultdict  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import regbench.harness as harness  # noqa: E402
 import regbench.runner as runner  # noqa: E402
@@ -78,11 +80,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir")
+    parser.add_argument("--min-steps", type=int, help="in place of the suite's (a smoke test)")
+    parser.add_argument("--max-length", type=int, help="in place of the suite's (a smoke test)")
     args = parser.parse_args()
     process = {"start": FIRST_LINE - args.t0, "imports": IMPORTED - FIRST_LINE}
 
     suite = override(load_suite(args.suite), tasks=[args.task], sizes=[args.size],
                      regularizers=["vanilla"])
+    changes = {"min_steps": args.min_steps, "max_length": args.max_length}
+    suite = replace(suite, recipe=replace(suite.recipe, **{k: v for k, v in changes.items()
+                                                          if v is not None}))
     task, recipe = get_task(args.task), suite.recipe
     clock = time.perf_counter()
     data = task_data(task, args.size, suite.data_seed, suite.model, recipe.max_length,
@@ -125,6 +132,7 @@ def main() -> None:
                 runs[label] = {"total": total, "parts": parts, "steps": row["steps"],
                                "score": row["test_score"] if phase == "final"
                                else row["validation_score"]}
+    recipe = suite.recipe
     print(json.dumps({"process": process, "runs": runs, "suite": args.suite, "task": args.task,
                       "size": args.size, "steps": recipe.total_steps(args.size),
                       "batch_size": recipe.batch_size, "max_length": recipe.max_length,

@@ -6,6 +6,7 @@ device's matrix-multiply peak."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import statistics
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tabulate import tabulate
 
 from regbench.features import TaskData, task_data
 from regbench.harness import fine_tune, mixed_precision, set_up, training_step
@@ -343,3 +345,39 @@ def step_efficiency(glue_dir: str | Path, device: torch.device, recipe: Recipe,
     peaks = {name: max(peaks[name], matmul_peak(device, dtype, shapes))
              for name, dtype in dtypes.items()}
     return [StepEfficiency(p, steps[p], tokens, flops, peaks) for p in precisions]
+
+
+# -- (e) where a run's time goes -----------------------------------------------------------------
+
+def run_breakdown(glue_dir: str | Path, device: torch.device, options: tuple[str, ...] = (),
+                  tree: Path | None = None) -> dict:
+    """`breakdown.py`'s figures of one worker process on `device` (its `options`: suite, task,
+    size...), run from `tree`, an older checkout of regbench, if given, else this one. On a CPU
+    the process gets one thread, as each of a CPU suite's workers."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if device.type == "cpu"
+                            else _device_env(device, 1))}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("breakdown.py")), "--t0", repr(time.time()),
+         "--data-dir", str(glue_dir), "--device", "cpu" if device.type == "cpu" else "cuda",
+         *options], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def breakdown_table(results: dict[str, dict], run: str) -> str:
+    """The parts of `run` (a label of `breakdown.py`'s runs) in each of `results` (`run_breakdown`
+    figures by a name), in seconds and as shares of the run."""
+    parts = list(next(iter(results.values()))["runs"][run]["parts"])
+    rows = []
+    for part in [*parts, "total"]:
+        row = [part]
+        for result in results.values():
+            figures = result["runs"][run]
+            seconds = figures["total"] if part == "total" else figures["parts"][part]
+            row += [seconds, seconds / figures["total"]]
+        rows.append(row)
+    headers = ["part"] + [f"{v} {unit}" for v in results for unit in ("s", "share")]
+    return tabulate(rows, headers=headers, floatfmt=".3f")

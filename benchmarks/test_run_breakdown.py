@@ -6,15 +6,14 @@ the model's read, the worker's set-up, then a final run (twice) and a tuning run
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
+import torch
+from measure import breakdown_table, run_breakdown
 from tabulate import tabulate
 
 from regbench.features import task_data
@@ -22,7 +21,7 @@ from regbench.suite import load_suite
 from regbench.tasks import get_task
 
 HERE = Path(__file__).resolve().parent
-SCRIPT = HERE / "breakdown.py"
+CPU = torch.device("cpu")
 # The last commit before the run-cost work (issue 20); REGBENCH_BASELINE_REF names another.
 BASELINE = os.environ.get("REGBENCH_BASELINE_REF", "8909241")
 ROUNDS = 2
@@ -42,34 +41,6 @@ def _checkout(ref: str, folder: Path) -> Path:
     return folder
 
 
-def breakdown(glue_dir: Path, tree: Path | None = None) -> dict:
-    """One worker process's breakdown, run from `tree` (else this checkout)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
-    done = subprocess.run([sys.executable, str(SCRIPT), "--t0", repr(time.time()),
-                           "--data-dir", str(glue_dir)],
-                          capture_output=True, text=True, env=env, cwd=tree or HERE.parent)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.splitlines()[-1])
-
-
-def table(results: dict[str, dict], run: str) -> str:
-    """The parts of `run` for each version, seconds and shares of the run."""
-    parts = list(next(iter(results.values()))["runs"][run]["parts"])
-    rows = []
-    for part in [*parts, "total"]:
-        row = [part]
-        for result in results.values():
-            figures = result["runs"][run]
-            seconds = figures["total"] if part == "total" else figures["parts"][part]
-            row += [seconds, seconds / figures["total"]]
-        rows.append(row)
-    headers = ["part"] + [f"{v} {unit}" for v in results for unit in ("s", "share")]
-    return tabulate(rows, headers=headers, floatfmt=".3f")
-
-
 @pytest.mark.benchmark(group="run-breakdown")
 def test_run_breakdown_before_and_after(benchmark, glue_dir, tmp_path):
     baseline = _checkout(BASELINE, tmp_path / "baseline")
@@ -78,21 +49,22 @@ def test_run_breakdown_before_and_after(benchmark, glue_dir, tmp_path):
               glue_dir)
     measured: dict[str, list[dict]] = {BASELINE: [], "this": []}
     for _ in range(ROUNDS):
-        measured[BASELINE].append(breakdown(glue_dir, baseline))
-        measured["this"].append(breakdown(glue_dir))
+        measured[BASELINE].append(run_breakdown(glue_dir, CPU, tree=baseline))
+        measured["this"].append(run_breakdown(glue_dir, CPU))
     # Each version's round whose steady final run was quickest: the least disturbed.
     best = {v: min(rounds, key=lambda r: r["runs"]["final"]["total"])
             for v, rounds in measured.items()}
     benchmark.extra_info.update(best)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     for run in best["this"]["runs"]:
-        print(f"\n{run} run:\n{table(best, run)}")
+        print(f"\n{run} run:\n{breakdown_table(best, run)}")
     print("\nonce a process:")
     print(tabulate([[part, *(r["process"][part] for r in best.values())]
                     for part in best["this"]["process"]],
                    headers=["part", *best], floatfmt=".2f"))
-    final = best["this"]["runs"]["final"]
-    outside = 1 - final["parts"]["steps"] / final["total"]
-    print(f"\noutside the training steps: {outside:.1%} of a final run "
-          f"({1 - best[BASELINE]['runs']['final']['parts']['steps'] / best[BASELINE]['runs']['final']['total']:.1%} before)")
+    outside = {v: 1 - r["runs"]["final"]["parts"]["steps"] / r["runs"]["final"]["total"]
+               for v, r in best.items()}
+    benchmark.extra_info["outside_steps"] = outside
+    print(f"\noutside the training steps: {outside['this']:.1%} of a final run "
+          f"({outside[BASELINE]:.1%} at {BASELINE})")
     assert all(r["runs"]["final"]["steps"] == r["steps"] for r in best.values())
