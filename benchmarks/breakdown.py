@@ -44,7 +44,8 @@ from regbench.suite import load_suite, override  # noqa: E402
 from regbench.tasks import get_task  # noqa: E402
 from regbench.workers import Worker  # noqa: E402
 
-# What a run spends outside the harness's named parts: the loop's batches, padding and moves.
+# A run's parts: "loop" is what `fine_tune` spends around the others (batches padded and moved,
+# the progress bar), "store" what the runner spends around `fine_tune` (lookup, row, write).
 PARTS = ("setup", "steps", "loop", "validation", "test", "noise_stability", "store")
 
 
