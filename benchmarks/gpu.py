@@ -4,11 +4,11 @@
 
 Prints the card, then (a) the harness's training examples a second, (b) each built-in
 regularizer's step time against vanilla's, (c) the runs an hour of 1, 2, 4 and 8 `regbench run`
-workers sharing the one device, (d) a vanilla step's model FLOPs a second as a fraction of the
-device's bf16 and fp32 matrix-multiply peak at the model's shapes, (e) where a run's time goes
-(one worker's process of glue-small's recipe taken apart, as `benchmarks/breakdown.py` does),
-and the projected wall time of `glue-small`: each cell's runs at the step time and fixed cost
-measured here, the steps scaled by (b), divided by the best speed-up of (c). Sized for about
+workers sharing the one device, the projected wall time of `glue-small` (each cell's runs at the
+step time and fixed cost measured here, the steps scaled by (b), divided by the best speed-up of
+(c)), then (d) a vanilla step's model FLOPs a second as a fraction of the device's bf16 and fp32
+matrix-multiply peak at the model's shapes and (e) where a run's time goes (one worker's process
+of glue-small's recipe taken apart, as `benchmarks/breakdown.py` does). Sized for about
 seven minutes on an H100 (it has never run on a GPU); `--quick` shrinks everything to a smoke
 test for a CPU. Progress goes to stderr, results to stdout, and everything
 to `--out` as JSON, rewritten after each part, so a run cut short still leaves what it measured.
@@ -339,14 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     report.part("header", header, report, device)
     report.part("harness", harness_part, report, device, sizes, glue_dir)
     ratios = report.part("step costs", cost_part, report, device, sizes, glue_dir)
-    report.part("step efficiency", efficiency_part, report, device, sizes, glue_dir)
-    report.part("run breakdown", breakdown_part, report, device, sizes, glue_dir)
     costs = report.part("task costs for the projection", task_costs, suite, device, glue_dir)
     budget = args.budget if args.budget is not None else float("inf") if args.quick else 420.0
     rates = report.part("workers", workers_part, report, device, sizes, glue_dir, counts,
                         budget) or {}
     if costs is not None:
         report.part("projection", projection, report, device, suite, costs, ratios, rates)
+    # After the projection, so that the workers' count keeps its share of the budget.
+    report.part("step efficiency", efficiency_part, report, device, sizes, glue_dir)
+    report.part("run breakdown", breakdown_part, report, device, sizes, glue_dir)
     report.progress(f"done{'' if not report.data['errors'] else ', with errors in: '}"
                     f"{', '.join(report.data['errors'])}")
     return 1 if report.data["errors"] else 0
