@@ -4,10 +4,13 @@
 
 Prints the card, then (a) the harness's training examples a second, (b) each built-in
 regularizer's step time against vanilla's, (c) the runs an hour of 1, 2, 4 and 8 `regbench run`
-workers sharing the one device, and the projected wall time of `glue-small`: each cell's runs at
-the step time and fixed cost measured here, the steps scaled by (b), divided by the best speed-up
-of (c). Sized for about six minutes on an H100 (it has not run on one yet); `--quick` shrinks
-everything to a smoke test for a CPU. Progress goes to stderr, results to stdout, and everything
+workers sharing the one device, the projected wall time of `glue-small` (each cell's runs at the
+step time and fixed cost measured here, the steps scaled by (b), divided by the best speed-up of
+(c)), then (d) a vanilla step's model FLOPs a second as a fraction of the device's bf16 and fp32
+matrix-multiply peak at the model's shapes and (e) where a run's time goes (one worker's process
+of glue-small's recipe taken apart, as `benchmarks/breakdown.py` does). Sized for about
+seven minutes on an H100 (it has never run on a GPU); `--quick` shrinks everything to a smoke
+test for a CPU. Progress goes to stderr, results to stdout, and everything
 to `--out` as JSON, rewritten after each part, so a run cut short still leaves what it measured.
 """
 
@@ -29,10 +32,13 @@ import torch
 import transformers
 from measure import (
     OPTIONS,
+    breakdown_table,
     builtins,
     harness_examples_per_second,
+    run_breakdown,
     runs_per_hour,
     step_costs,
+    step_efficiency,
     worker_suite,
 )
 from tabulate import tabulate
@@ -65,6 +71,12 @@ class Sizes:
     cost_rounds: int = 5
     workers: dict = dataclasses.field(default_factory=worker_suite)
     workers_default: str = "1,2,4,8"
+    # (d): the glue-cpu suite's step and glue-small's, vanilla, against the matmul peak.
+    efficiency: dict = dataclasses.field(default_factory=lambda: {
+        "8x48": Recipe(epochs=0, min_steps=1000, batch_size=8, max_length=48, pooling="mean"),
+        "16x128": Recipe(epochs=0, min_steps=1000, pooling="mean")})
+    # (e): breakdown.py's options: a final run of glue-small's recipe, RTE at its largest size.
+    breakdown: tuple[str, ...] = ("--suite", PROJECTED, "--task", "rte", "--size", "1000")
 
 
 QUICK = Sizes(harness_n=32, harness=Recipe(epochs=1, min_steps=0, batch_size=8, max_length=32,
@@ -73,7 +85,10 @@ QUICK = Sizes(harness_n=32, harness=Recipe(epochs=1, min_steps=0, batch_size=8, 
               cost=Recipe(epochs=0, min_steps=1000, batch_size=8, max_length=32),
               cost_batches=2, cost_rounds=1,
               workers=worker_suite(seeds=2, size=32, steps=4, max_length=32, batch_size=8),
-              workers_default="1,2")
+              workers_default="1,2",
+              efficiency={"8x32": Recipe(epochs=0, min_steps=1000, batch_size=8, max_length=32)},
+              breakdown=("--suite", "glue-cpu", "--size", "16", "--min-steps", "4",
+                         "--max-length", "32"))
 
 
 class Report:
@@ -205,6 +220,38 @@ def workers_part(report: Report, device: torch.device, sizes: Sizes, glue_dir: s
     return rates
 
 
+def efficiency_part(report: Report, device: torch.device, sizes: Sizes, glue_dir: str) -> None:
+    rows, figures = [], {}
+    for shape, recipe in sizes.efficiency.items():
+        for m in step_efficiency(glue_dir, device, recipe, sizes.cost_batches, sizes.cost_rounds):
+            figures.setdefault(shape, {})[m.precision] = {
+                "step_s": m.step_s, "padded_tokens": m.padded_tokens, "model_flops": m.model_flops,
+                "achieved_flops": m.achieved, "peak_flops": m.peaks[m.precision],
+                "fraction": m.fraction}
+            rows.append([shape, m.precision, m.step_s * 1000, m.padded_tokens, m.achieved / 1e9,
+                         m.peaks[m.precision] / 1e9, 100 * m.fraction])
+        report.data["efficiency"] = figures
+        report.save()
+    print("\n(d) a vanilla step against the device's matrix-multiply peak at the model's shapes "
+          "(model FLOPs: 6 x non-embedding parameters x padded tokens; peak: plain multiplies "
+          "of one layer's linear maps, measured in this process):")
+    print(tabulate(rows, headers=["shape", "precision", "ms a step", "padded tokens",
+                                  "model GFLOP/s", "peak GFLOP/s", "% of peak"],
+                   floatfmt=".1f"))
+
+
+def breakdown_part(report: Report, device: torch.device, sizes: Sizes, glue_dir: str) -> None:
+    figures = run_breakdown(glue_dir, device, sizes.breakdown)
+    report.data["breakdown"] = figures
+    print(f"\n(e) where a run's time goes: one worker process of {figures['suite']}'s recipe, "
+          f"{figures['task']} N = {figures['size']}, {figures['steps']} steps of "
+          f"{figures['batch_size']} at max length {figures['max_length']}, vanilla")
+    for run in figures["runs"]:
+        print(f"{run} run:\n{breakdown_table({'': figures}, run)}")
+    print("once a process (s): " + ", ".join(f"{part} {seconds:.2f}"
+                                             for part, seconds in figures["process"].items()))
+
+
 def projection(report: Report, device: torch.device, suite, costs: dict,
                ratios: dict[str, float] | None, rates: dict[int, float]) -> None:
     plan = Plan.of(suite)
@@ -298,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                         budget) or {}
     if costs is not None:
         report.part("projection", projection, report, device, suite, costs, ratios, rates)
+    # After the projection, so that the workers' count keeps its share of the budget.
+    report.part("step efficiency", efficiency_part, report, device, sizes, glue_dir)
+    report.part("run breakdown", breakdown_part, report, device, sizes, glue_dir)
     report.progress(f"done{'' if not report.data['errors'] else ', with errors in: '}"
                     f"{', '.join(report.data['errors'])}")
     return 1 if report.data["errors"] else 0

@@ -1,10 +1,12 @@
 """What the benchmarks measure, shared by the pytest benchmarks and `benchmarks/gpu.py`: the
-harness's training throughput, each built-in regularizer's step time against vanilla's, and the
-runs an hour of several `regbench run` workers sharing one device."""
+harness's training throughput, each built-in regularizer's step time against vanilla's, the runs
+an hour of several `regbench run` workers sharing one device, and how close a step runs to the
+device's matrix-multiply peak."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import statistics
@@ -13,15 +15,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import yaml
+from tabulate import tabulate
 
 from regbench.features import TaskData, task_data
-from regbench.harness import fine_tune, set_up, training_step
-from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
+from regbench.harness import fine_tune, mixed_precision, set_up, training_step
+from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer, set_attention
 from regbench.plugins import build, distribution_of, names
 from regbench.recipe import Recipe
 from regbench.registry.vanilla import Vanilla
@@ -73,6 +76,18 @@ def harness_examples_per_second(data: TaskData, recipe: Recipe, device: torch.de
 
 # -- (b) the step time of each regularizer against vanilla's --------------------------------------
 
+def rte_batches(glue_dir: str | Path, device: torch.device, recipe: Recipe,
+                batches: int) -> tuple[TaskData, list[dict[str, torch.Tensor]]]:
+    """The first `batches` × batch size RTE training examples (data seed 0), in batches of the
+    recipe's size padded as the harness pads them, on `device`."""
+    data = task_data(get_task("rte"), recipe.batch_size * batches, 0, EMBEDDED_MODEL,
+                     recipe.max_length, str(glue_dir))
+    pad_id = load_tokenizer(EMBEDDED_MODEL).pad_token_id
+    return data, [{k: v.to(device) for k, v in data.train.collate(
+        list(range(i * recipe.batch_size, (i + 1) * recipe.batch_size)), pad_id).items()}
+        for i in range(batches)]
+
+
 # lnsr at its costliest placement, where it reruns every encoder layer.
 OPTIONS = {"lnsr": {"inject_layer": 0}}
 
@@ -102,12 +117,7 @@ def step_costs(glue_dir: str | Path, device: torch.device, recipe: Recipe, batch
     once, a 2-core machine's steps slowed down the later the model was built, by up to 20×). A
     regularizer that raises is left out with its error, and the others are measured."""
     task = get_task("rte")
-    data = task_data(task, recipe.batch_size * batches, 0, EMBEDDED_MODEL, recipe.max_length,
-                     str(glue_dir))
-    pad_id = load_tokenizer(EMBEDDED_MODEL).pad_token_id
-    on_device = [{k: v.to(device) for k, v in data.train.collate(
-        list(range(i * recipe.batch_size, (i + 1) * recipe.batch_size)), pad_id).items()}
-        for i in range(batches)]
+    data, on_device = rte_batches(glue_dir, device, recipe, batches)
     errors: dict[str, str] = {}
 
     def step(regularizer, state, batch) -> None:
@@ -117,6 +127,7 @@ def step_costs(glue_dir: str | Path, device: torch.device, recipe: Recipe, batch
 
     def timed(name: str) -> float:
         model, head = load_model(EMBEDDED_MODEL, task, seed=1)
+        set_attention(model, device)  # as the harness's `prepare`
         model.to(device).train()
         regularizer = build(name, OPTIONS.get(name, {}))
         # The batches are the training split a plugin may read in its setup.
@@ -256,3 +267,117 @@ def runs_per_hour(workers: int, url: str, suite: dict, glue_dir: str | Path,
         peak_allocated_mb=float(frame.peak_memory_mb.max()) if device.type == "cuda" else None,
         gpu_memory_mb=max(memory.values()) if any(memory.values()) else None,
         gpu_memory_note=note)
+
+
+# -- (d) how close a vanilla step runs to the machine's matrix-multiply peak ----------------------
+
+def linear_shapes(config, tokens: int) -> list[tuple[int, int, int]]:
+    """(rows, inner, outer) of every matrix multiply of one encoder layer's linear maps, forward,
+    for `tokens` rows: query, key, value, the attention output, the feed-forward up and down."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    return [(tokens, hidden, hidden)] * 4 + [(tokens, hidden, inner), (tokens, inner, hidden)]
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int, int]],
+                repeats: int = 5, inner: int = 10) -> float:
+    """FLOPs a second of plain matrix multiplies in `dtype` at `shapes` (one layer's linear maps,
+    `linear_shapes`), best of `repeats` timings of `inner` passes: what this device does at the
+    model's own shapes when nothing but multiplies runs."""
+    operands = [(torch.randn(m, k, device=device, dtype=dtype),
+                 torch.randn(n, k, device=device, dtype=dtype)) for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes) * inner
+
+    def passes() -> float:
+        _synchronize(device)
+        started = time.perf_counter()
+        for _ in range(inner):
+            for x, w in operands:
+                torch.nn.functional.linear(x, w)
+        _synchronize(device)
+        return time.perf_counter() - started
+
+    passes()  # warm-up: the kernels' first calls
+    return flops / min(passes() for _ in range(repeats))
+
+
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """The weights a token's arithmetic runs through: all but the embedding tables."""
+    embeddings = {id(p) for p in model.base_model.embeddings.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+@dataclass
+class StepEfficiency:
+    precision: str  # what the step computed in: "bf16" (autocast) or "fp32"
+    step_s: float  # vanilla's median seconds a step
+    padded_tokens: float  # a step's batch size × padded width, mean over the batches
+    model_flops: float  # 6 × non-embedding parameters × padded tokens, a step
+    peaks: dict[str, float]  # FLOPs a second of plain multiplies at the model's shapes, by dtype
+
+    @property
+    def achieved(self) -> float:
+        return self.model_flops / self.step_s
+
+    @property
+    def fraction(self) -> float:
+        """The step's model arithmetic a second over the peak of its own precision."""
+        return self.achieved / self.peaks[self.precision]
+
+
+def step_efficiency(glue_dir: str | Path, device: torch.device, recipe: Recipe,
+                    batches: int = 4, rounds: int = 3) -> list[StepEfficiency]:
+    """A vanilla step's model FLOPs a second against this device's bf16 and fp32 matrix-multiply
+    peak at the model's own shapes, measured in the same process, for the step in bf16 autocast
+    (where the device computes bf16 natively) and in fp32. Model FLOPs: 6 × non-embedding
+    parameters × padded tokens, the usual count of a forward and backward pass (attention's own
+    products left out). The peaks are taken before and after the steps, the best kept."""
+    _, on_device = rte_batches(glue_dir, device, recipe, batches)
+    tokens = statistics.fmean(b["input_ids"].numel() for b in on_device)
+    model, _ = load_model(EMBEDDED_MODEL, get_task("rte"), seed=1)
+    flops = 6 * non_embedding_parameters(model) * tokens
+    shapes = linear_shapes(model.config, round(tokens))
+    del model
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    peaks = {name: matmul_peak(device, dtype, shapes) for name, dtype in dtypes.items()}
+    precisions = ["fp32"] + (["bf16"] if mixed_precision("auto", device) else [])
+    steps = {p: step_costs(glue_dir, device, replace(recipe, precision=p), batches,
+                           rounds, ["vanilla"]).seconds["vanilla"] for p in precisions}
+    peaks = {name: max(peaks[name], matmul_peak(device, dtype, shapes))
+             for name, dtype in dtypes.items()}
+    return [StepEfficiency(p, steps[p], tokens, flops, peaks) for p in precisions]
+
+
+# -- (e) where a run's time goes -----------------------------------------------------------------
+
+def run_breakdown(glue_dir: str | Path, device: torch.device, options: tuple[str, ...] = (),
+                  tree: Path | None = None) -> dict:
+    """`breakdown.py`'s figures of one worker process on `device` (its `options`: suite, task,
+    size...), run from `tree`, an older checkout of regbench, if given, else this one. On a CPU
+    the process gets one thread, as each of a CPU suite's workers."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if device.type == "cpu"
+                            else _device_env(device, 1))}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("breakdown.py")), "--t0", repr(time.time()),
+         "--data-dir", str(glue_dir), "--device", "cpu" if device.type == "cpu" else "cuda",
+         *options], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def breakdown_table(results: dict[str, dict], run: str) -> str:
+    """The parts of `run` (a label of `breakdown.py`'s runs) in each of `results` (`run_breakdown`
+    figures by a name), in seconds and as shares of the run."""
+    parts = list(next(iter(results.values()))["runs"][run]["parts"])
+    rows = []
+    for part in [*parts, "total"]:
+        row = [part]
+        for result in results.values():
+            figures = result["runs"][run]
+            seconds = figures["total"] if part == "total" else figures["parts"][part]
+            row += [seconds, seconds / figures["total"]]
+        rows.append(row)
+    headers = ["part"] + [f"{v} {unit}" for v in results for unit in ("s", "share")]
+    return tabulate(rows, headers=headers, floatfmt=".3f")

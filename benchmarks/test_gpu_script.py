@@ -30,6 +30,13 @@ def test_gpu_script_quick_on_the_cpu(benchmark, glue_dir, tmp_path):
     assert report["step_costs"]["ratios"]["vanilla"] == 1.0
     assert [(w["workers"], w["runs"], w["failed"]) for w in report["workers"]] == [(1, 4, 0),
                                                                                    (2, 4, 0)]
+    efficiency = report["efficiency"]["8x32"]
+    assert set(efficiency) == ({"fp32", "bf16"} if report["device"]["bf16"] else {"fp32"})
+    assert all(0 < e["fraction"] and e["model_flops"] > 0 for e in efficiency.values())
+    final = report["breakdown"]["runs"]["final"]
+    assert final["steps"] == 4 and 0 < final["parts"]["steps"] < final["total"]
+    assert final["parts"]["test"] > 0
+    assert report["breakdown"]["runs"]["tuning"]["parts"]["test"] == 0  # tuning leaves it alone
     projection = report["projection"]
     assert len(projection["cells"]) == 2 and projection["hours"] > 0
     assert f"glue-small on {report['device']['device_name']}: about" in done.stdout

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from regbench.errors import RegbenchError
 from regbench.features import Examples, TaskData, evaluation_batches, training_batches
 from regbench.metrics import compute_metrics, predictions_from_logits
-from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer
+from regbench.modeling import EMBEDDED_MODEL, load_model, load_tokenizer, set_attention
 from regbench.noise_stability import noise_stability
 from regbench.plugin import Loss, Regularizer, State
 from regbench.plugin_tools import (
@@ -80,10 +80,12 @@ def evaluate(model: torch.nn.Module, examples: Examples, task, pad_id: int, batc
              device: torch.device, bf16: bool = False) -> dict[str, float]:
     model.eval()
     logits = np.empty((len(examples), task.num_labels), dtype=np.float32)
-    for indices in evaluation_batches(examples.lengths, batch_size):
-        batch = {k: v.to(device) for k, v in examples.collate(indices, pad_id).items()
-                 if k != "labels"}
-        with autocast(device, bf16):
+    # One autocast region for the whole pass: autocast keeps its bf16 copy of each weight until
+    # the region closes, so the weights are cast once a pass, not once a batch.
+    with autocast(device, bf16):
+        for indices in evaluation_batches(examples.lengths, batch_size):
+            batch = {k: v.to(device) for k, v in examples.collate(indices, pad_id).items()
+                     if k != "labels"}
             logits[indices] = model(**batch).logits.float().cpu().numpy()
     model.train()
     return compute_metrics(task, predictions_from_logits(task, logits), examples.labels)
@@ -131,6 +133,7 @@ def prepare(data: TaskData, regularizer: Regularizer, seed: int, model: str = EM
     device = device or pick_device()
     torch.manual_seed(seed)
     network, head = load_model(model, data.task, seed, recipe.pooling)
+    set_attention(network, device)
     network.to(device).train()
     pad_id = load_tokenizer(model).pad_token_id
 

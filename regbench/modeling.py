@@ -112,6 +112,16 @@ def _pool_by_mean(network: torch.nn.Module) -> None:
     base.register_forward_pre_hook(base.pooler.watch, with_kwargs=True)
 
 
+def set_attention(network: torch.nn.Module, device: torch.device) -> None:
+    """Choose the attention kernel `network` computes with on `device`. On a CPU, torch's SDPA
+    kernel (what transformers picks by default) took a fifth of an evaluation's forward pass at
+    the short lengths regbench trains at, four times the plain products and softmax, and a bf16
+    training step was 1.35–1.39× quicker without it at 8 × 48 and 16 × 128 (BENCHMARKS.md); the
+    two differ in rounding alone. On a GPU the model's own choice stands."""
+    if device.type == "cpu":
+        network.set_attn_implementation("eager")
+
+
 def load_model(model: str, task: Task, seed: int,
                pooling: str = "cls") -> tuple[torch.nn.Module, frozenset[str]]:
     """The pretrained encoder with a fresh task head, and the names of the parameters that the

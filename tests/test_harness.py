@@ -4,9 +4,9 @@ import dataclasses
 import pytest
 import torch
 
-from regbench import modeling
+from regbench import harness, modeling
 from regbench.features import task_data
-from regbench.harness import fine_tune, mixed_precision
+from regbench.harness import fine_tune, mixed_precision, prepare
 from regbench.modeling import load_model
 from regbench.plugin import Regularizer
 from regbench.recipe import Recipe
@@ -23,6 +23,7 @@ def test_same_seed_same_metrics_on_cpu(stsb_data, tiny_recipe):
     other = fine_tune(stsb_data, Vanilla(), seed=4, recipe=tiny_recipe, progress=False)
     assert first.status == "finished" and first.steps == 4  # 32 examples, batches of 8
     assert first.validation == second.validation and first.test == second.test
+    assert first.noise_stability == second.noise_stability
     assert first.test != other.test
 
 
@@ -92,6 +93,26 @@ def test_precision_decides_the_autocast(stsb_data, tiny_recipe):
     assert runs["fp32"].status == runs["bf16"].status == "finished"
     # bf16 rounds every matmul: the same run ends with other predictions, so other correlations
     assert runs["fp32"].validation != runs["bf16"].validation
+
+
+def test_the_cpu_attention_kernel_changes_bits_not_results(stsb_data, tiny_recipe, monkeypatch):
+    """On a CPU the harness computes attention as plain products and a softmax, not with SDPA
+    (quicker at short lengths): the same run with either kernel ends within rounding. Tolerance:
+    0.01 of a correlation, a tenth of the spread between glue-cpu's vanilla seeds on STS-B."""
+    cpu = torch.device("cpu")
+    state = prepare(stsb_data, Vanilla(), seed=3, recipe=tiny_recipe, device=cpu)
+    assert state.model.config._attn_implementation == "eager"
+    eager = fine_tune(stsb_data, Vanilla(), seed=3, recipe=tiny_recipe, device=cpu,
+                      progress=False)
+    monkeypatch.setattr(harness, "set_attention", lambda network, device: None)  # the default
+    sdpa = fine_tune(stsb_data, Vanilla(), seed=3, recipe=tiny_recipe, device=cpu,
+                     progress=False)
+    assert eager.test != sdpa.test  # two kernels: the bits differ
+    for split in ("validation", "test"):
+        for metric, value in getattr(eager, split).items():
+            assert getattr(sdpa, split)[metric] == pytest.approx(value, abs=0.01), (split, metric)
+    assert sdpa.noise_stability["summary"] == pytest.approx(eager.noise_stability["summary"],
+                                                            rel=0.02)
 
 
 def test_a_validation_sample_is_stratified_fixed_and_scored_in_place_of_the_half(glue_dir):
