@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-from test_leaderboard import BASELINES, META, frame_of, run
+from test_leaderboard import META, frame_of, run
 
 from regbench.board import build
 from regbench.markdown import render
@@ -65,7 +65,7 @@ def test_a_board_shows_each_tuned_cells_budget_curve_and_ranks(tmp_path):
                   "mixout": [0.55, 0.58, 0.52]}
     rows += [_final(reg, seed, v) for reg, values in validation.items()
              for seed, v in enumerate(values)]
-    board = build(frame_of(rows, tmp_path), None, BASELINES, {**META, "tuning": {"trials": 4}})
+    board = build(frame_of(rows, tmp_path), None, {**META, "tuning": {"trials": 4}})
 
     tuning = board.tuning.set_index("regularizer")
     assert set(tuning.index) == {"l2sp", "mixout"}
@@ -99,14 +99,14 @@ def test_studies_that_recorded_no_sampler_were_tpe_with_ten_random_trials(tmp_pa
     rows.append(_final("l2sp", 0, 0.5))
     for trials, label in ((8, "random search (TPE's 10 random start-up trials)"),
                           (20, "TPE after 10 random trials")):
-        board = build(frame_of(rows, tmp_path), None, BASELINES,
+        board = build(frame_of(rows, tmp_path), None,
                       {**META, "tuning": {"trials": trials}})
         assert board.tuning.sampler.tolist() == [label]
         assert board.tuning.random_search.tolist() == [trials == 8]
 
 
 def test_a_board_without_tuning_runs_says_so(tmp_path):
-    board = build(frame_of([_final("vanilla", 0, 0.5)], tmp_path), None, BASELINES, META)
+    board = build(frame_of([_final("vanilla", 0, 0.5)], tmp_path), None, META)
     assert board.tuning.empty and board.tuning_curves.empty
     assert "No cell was tuned" in render(board, [])
     assert not any(name.endswith("budget") for name in figures(board))
