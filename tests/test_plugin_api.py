@@ -282,7 +282,7 @@ class GradientRules(Regularizer):
         self.seen = _gradients(state.model)
 
 
-@pytest.mark.parametrize("max_norm", [1e9, 0.01])
+@pytest.mark.parametrize("max_norm", [1e6, 0.01])
 def test_gradients_start_each_step_at_none_and_add_up_what_loss_and_the_harness_backpropagate(
         tiny_bert, tiny_batches, max_norm):
     model, head = tiny_bert
@@ -304,7 +304,7 @@ def test_gradients_start_each_step_at_none_and_add_up_what_loss_and_the_harness_
 
 # -- what `loss` returns ----------------------------------------------------------------------
 
-NO_CLIPPING = Recipe(max_grad_norm=1e9, epochs=0, min_steps=10, precision="fp32")
+NO_CLIPPING = Recipe(max_grad_norm=1e6, epochs=0, min_steps=10, precision="fp32")
 
 
 def _gradients(model):
