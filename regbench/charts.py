@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from regbench.board import COMPLETED, MISSING, VANILLA, Leaderboard, metric_name, task_label
-from regbench.plots import MIN_SPAN, _colors
+from regbench.plots import MIN_SPAN, regularizer_colors
 from regbench.store import DIVERGED, FAILED, FINISHED
 
 # What a run's marker says about it. A failure that finished scored no better than the
@@ -34,7 +34,7 @@ def outcome(run) -> str:
 def palette(board: Leaderboard) -> dict[str, str]:
     """The PNG plots' color of every regularizer, as CSS."""
     return {reg: "rgb({:.0f},{:.0f},{:.0f})".format(*(255 * np.asarray(rgb[:3])))
-            for reg, rgb in _colors(board.overall.regularizer).items()}
+            for reg, rgb in regularizer_colors(board.overall.regularizer).items()}
 
 
 def _layout(figure: go.Figure, title: str, height: int, legend_below: bool = False) -> go.Figure:

@@ -339,8 +339,8 @@ def _describe(dist) -> str:
     return f"{'log-' if dist.log else ''}[{dist.low:g}, {dist.high:g}]"
 
 
-_TRUE = ("1", "true", "yes", "on", "y", "t")
-_FALSE = ("", "0", "false", "no", "off", "n", "f")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
 
 
 def _check_debug_variable() -> None:

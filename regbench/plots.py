@@ -29,7 +29,7 @@ def figures(board: Leaderboard) -> dict[str, Figure]:
     run, with `<task>-sizes` where it has three sizes or more (two are read off the seeds plot);
     `<task>-noise` and `<task>-layers` of every task with runs measured for noise stability;
     `<task>-budget` of every task with a tuned cell."""
-    colors = _colors(board.overall.regularizer)
+    colors = regularizer_colors(board.overall.regularizer)
     drawn = {"forest": _forest(board)} if len(board.primary) else {}
     for task, cells in board.cells.groupby("task", sort=False):
         runs = board.runs[board.runs.task == task]
@@ -94,7 +94,7 @@ def _forest(board: Leaderboard) -> Figure:
     return figure
 
 
-def _colors(regularizers: pd.Series) -> dict[str, tuple]:
+def regularizer_colors(regularizers: pd.Series) -> dict[str, tuple]:
     """One color per regularizer in every figure; vanilla in black, as the reference. tab10
     repeats after ten, and a board holds eighteen built-ins: tab20's ten strong hues come first,
     then their light shades, twenty distinct colors."""

@@ -43,7 +43,8 @@ class HyPe(Regularizer):
                    "training; the perturbed layers compute in fp32.")
     citation = ("Yuan et al., ACL 2023, HyPe: Better Pre-trained Language Model Fine-tuning with "
                 "Hidden Representation Perturbation")
-    hyperparameters = {"sigma": Param(1e-5, ge=0, le=1), "noise": Param("uniform", choices=NOISE_KINDS)}
+    hyperparameters = {"sigma": Param(1e-5, ge=0, le=1),
+                       "noise": Param("uniform", choices=NOISE_KINDS)}
 
     @classmethod
     def search_space(cls, num_layers: int) -> dict[str, BaseDistribution]:

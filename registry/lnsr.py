@@ -37,11 +37,11 @@ class LNSR(Regularizer):
     the ratio to 0.6–1.5. The search covers three decades around it, [0.01, 9].
 
     Precision: under bf16 autocast the layers above the injection point (and, with the logits
-    term, the head) compute in fp32 in both branches while lnsr trains (`fp32_parts`). bf16 rounds each linear
-    layer's input to 0.4–0.8% of every element, a difference between the branches as large as
-    small noise: measured at relative σ 0.01 (the bottom of the search range) on the batches
-    above, the bf16 penalty was 1.62–1.66× the fp32 one with those layers in bf16; in fp32 it is
-    fp32's exactly. Evaluation computes in the run's own precision.
+    term, the head) compute in fp32 in both branches while lnsr trains (`fp32_parts`). bf16
+    rounds each linear layer's input to 0.4–0.8% of every element, a difference between the
+    branches as large as small noise: measured at relative σ 0.01 (the bottom of the search
+    range) on the batches above, the bf16 penalty was 1.62–1.66× the fp32 one with those layers
+    in bf16; in fp32 it is fp32's exactly. Evaluation computes in the run's own precision.
     """
 
     name = "lnsr"

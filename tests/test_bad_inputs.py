@@ -725,13 +725,14 @@ def test_concurrent_publishes_never_shrink_a_board_nor_does_a_deleted_json(
 
     monkeypatch.setattr(leaderboard, "_published", slow_reader)
     out, quickstart = tmp_path / "board", load_suite("quickstart")
-    frames = {seeds: Store(_board_store(tmp_path, seeds), create=False).frame()
-              for seeds in delays}
+    frames = {seeds: leaderboard.add_test_references(
+        Store(_board_store(tmp_path, seeds), create=False).frame(), ["stsb"], str(glue_dir))[0]
+        for seeds in delays}
 
     def publish(seeds: int) -> None:
         threading.current_thread().seeds = seeds
         with contextlib.suppress(RegbenchError):  # the smaller, once the larger is there
-            leaderboard.publish_suite(quickstart, frames[seeds], out, str(glue_dir))
+            leaderboard.publish_suite(quickstart, frames[seeds], out)
 
     threads = [threading.Thread(target=publish, args=(seeds,)) for seeds in delays]
     for thread in threads:

@@ -587,7 +587,8 @@ class Plugin(Regularizer):
     (("class Plugin(Regularizer):", "class Plugin:"), r"is not a subclass of"),
     (("    @classmethod", "    def step_cost(self):\n        return 0.0\n\n    @classmethod"),
      r"step_cost must be a number > 0 \(1 \+ extra_passes by default\), not 0\.0"),
-    (("    @classmethod", "    def setup_example_passes(self):\n        return -1\n\n    @classmethod"),
+    (("    @classmethod",
+      "    def setup_example_passes(self):\n        return -1\n\n    @classmethod"),
      r"setup_passes and setup_example_passes must be numbers ≥ 0, not \(0\.0, -1\)"),
 ])
 def test_a_plugin_that_breaks_the_contract_is_reported_and_left_out(install_plugin, change,

@@ -179,9 +179,10 @@ def test_a_trial_taken_over_from_a_frozen_worker_crashes_neither(first, tmp_path
             return tell(*args, **kwargs)
 
         studies[1].tell = wake_first
-        assert start_trial(studies[1], 0, {"weight_decay": 0.01}, 0) is None  # slot spent
+        # The slot is spent.
+        assert start_trial(studies[1], 0, {"weight_decay": 0.01}, other.suite.tuning) is None
     else:
-        retried = start_trial(studies[1], 0, {"weight_decay": 0.01}, 0)
+        retried = start_trial(studies[1], 0, {"weight_decay": 0.01}, other.suite.tuning)
         resume.set()
         thread.join()
         other._run_trial(WEIGHT_DECAY, studies[1], retried, key, {}, space)
