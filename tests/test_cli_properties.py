@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from regbench import runner
 from regbench.cli import main
+from regbench.leaderboard import references_of
 from regbench.params import Param
 from regbench.plugins import get_regularizer, names
 from regbench.recipe import Recipe
@@ -90,7 +91,7 @@ def regularizers(draw):
     options = {}
     for name in chosen:
         params = get_regularizer(name).declaration(DEPTH)
-        keys = draw(st.sets(st.sampled_from(sorted(params)), max_size=2))
+        keys = draw(st.sets(st.sampled_from(sorted(params)), max_size=2)) if params else set()
         options[name] = {key: draw(allowed(params[key])) for key in keys}
     return options
 
@@ -171,16 +172,19 @@ def _stored(path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def store_file(tmp_path_factory):
-    """A store holding runs of the generated suite's name: none may ever be lost."""
+def store_file(tmp_path_factory, glue_dir):
+    """A store holding runs of the generated suite's name, as this regbench stores them (with
+    their test reference, which `leaderboard` would otherwise add): none may ever be lost."""
     path = tmp_path_factory.mktemp("store") / "runs.db"
     store = Store(f"sqlite:///{path}")
+    reference = references_of(["rte"], str(glue_dir))["rte"]
     for seed in range(3):
         store.put({"key": f"run-{seed}", "suite": NAME, "phase": "final",
                    "regularizer": "vanilla", "regularizer_version": "1", "params": {},
                    "task": "rte", "n_train": 16, "data_seed": 0, "seed": seed,
                    "model": "minilm", "recipe": Recipe().as_dict(), "status": "finished",
-                   "test_score": 0.5, "provenance": {}})
+                   "test_score": 0.5, "provenance": {},
+                   "test_reference": reference})
     store.engine.dispose()
     return path
 
