@@ -163,7 +163,8 @@ def test_a_trial_taken_over_from_a_frozen_worker_crashes_neither(first, tmp_path
         return held
 
     frozen.worker.holds = holds_then_freezes
-    thread = threading.Thread(target=frozen._run_trial,
+    # A daemon, so that a failure below cannot leave the frozen worker holding the test process.
+    thread = threading.Thread(target=frozen._run_trial, daemon=True,
                               args=(WEIGHT_DECAY, studies[0], trial, key, {}, space))
     thread.start()
     assert paused.wait(30)
