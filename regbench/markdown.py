@@ -4,7 +4,6 @@ the cells, and the provenance."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +18,16 @@ from regbench.board import (
     metric_name,
     runs_shown,
     task_label,
+)
+from regbench.formatting import (
+    moment,
+    num,
+    p_text,
+    params_text,
+    percent,
+    rank_text,
+    seeds_text,
+    setting,
 )
 from regbench.stats import CONFIDENCE, INTERVAL, smallest_wilcoxon_p
 from regbench.store import DIVERGED, FAILED
@@ -41,25 +50,16 @@ def render(board: Leaderboard, images: list[str]) -> str:
     return "\n\n".join([_header(board), *body, _provenance_md(board), *plots]) + "\n"
 
 
-def _num(x: float, digits: int = 3, sign: bool = False) -> str:
-    return "–" if pd.isna(x) else f"{x:{'+' if sign else ''}.{digits}f}"
 
 
-def _rank_text(x: float) -> str:
-    return "–" if pd.isna(x) else f"{x:g}"
 
 
-def _p(x: float) -> str:
-    """A p-value: three decimals, and "< 0.001" below that."""
-    return "–" if pd.isna(x) else "< 0.001" if x < 0.001 else f"{x:.3f}"
 
 
 def _sizes(sizes: Iterable[int]) -> str:
     return ", ".join(map(str, sizes))
 
 
-def _percent(x: float) -> str:
-    return "–" if pd.isna(x) else f"{100 * x:.0f}%"
 
 
 def _duration(seconds: float) -> str:
@@ -72,25 +72,11 @@ def _duration(seconds: float) -> str:
 def _score(row: pd.Series) -> str:
     if pd.isna(row["mean"]):
         return "–"
-    return f"{row['mean']:.3f} ± {_num(row['std'])}"
+    return f"{row['mean']:.3f} ± {num(row['std'])}"
 
 
-def _seeds(row: pd.Series) -> str:
-    """Runs with a result over planned ones, what failed outright, in bold when the cell is
-    incomplete."""
-    text = f"{row.n_completed}/{row.n_planned}"
-    outright = [f"{count} {what}" for count, what in ((row.n_diverged, "diverged"),
-                                                      (row.n_crashed, "crashed")) if count]
-    if outright:
-        text += f" ({', '.join(outright)})"
-    return text if row.n_completed == row.n_planned else f"**{text}**"
 
 
-def _params(text: str) -> str:
-    configurations = json.loads(text)
-    shown = [", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in c.items()) or "–" for c in configurations]
-    return " / ".join(shown) or "–"
 
 
 def _table(rows: Iterable[Iterable], headers: list[str]) -> str:
@@ -146,8 +132,8 @@ def _header(board: Leaderboard) -> str:
         for reg, v in p["regularizers"].items())
     methods = p["methods"]
     modes = ", ".join(f"{mode} in {count}" for mode, count in methods["primary_methods"].items())
-    trained = (f"Final runs trained from {_moment(p['first_run'])} to "
-               f"{_moment(p['last_run'])} (when the first and the last finished)"
+    trained = (f"Final runs trained from {moment(p['first_run'])} to "
+               f"{moment(p['last_run'])} (when the first and the last finished)"
                if p["first_run"] else "No final run trained yet")
     lines = [
         f"# Leaderboard: {meta.get('suite', 'regbench')}", "",
@@ -170,12 +156,6 @@ def _header(board: Leaderboard) -> str:
         f"{methods['interval']}; per-cell tests: {methods['test']}",
     ]
     return "\n".join(lines)
-
-
-def _moment(iso: str) -> str:
-    moment = pd.Timestamp(iso)  # SQLite gives back UTC without its zone
-    moment = moment.tz_localize("UTC") if moment.tz is None else moment.tz_convert("UTC")
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _headline_md(board: Leaderboard, forest: list[str]) -> str:
@@ -205,7 +185,7 @@ def _headline_md(board: Leaderboard, forest: list[str]) -> str:
         if r.not_learning and len(r.not_learning) == len(r.sizes):
             parts += [head, "Does not learn at this budget at any size: no primary comparison "
                             "(vanilla's one-sided p per size: " + ", ".join(
-                                f"N = {n}: {_p(r.gate_p[n])}" for n in r.sizes) + ")."]
+                                f"N = {n}: {p_text(r.gate_p[n])}" for n in r.sizes) + ")."]
             continue
         if mine.empty:
             parts += [head, f"No primary comparison: no paired runs of {VANILLA} and another "
@@ -214,21 +194,21 @@ def _headline_md(board: Leaderboard, forest: list[str]) -> str:
         each = "" if mine.n_pairs.nunique() == 1 else "up to "
         pooled = (f"{len(mine)} comparisons, each over {each}{r.pairs} (size, seed) pairs at "
                   f"N = {_sizes(sorted(set().union(*mine.sizes)))}")
-        power = (f"With {r.pairs} pairs the smallest p is {_p(r.smallest_p)}"
+        power = (f"With {r.pairs} pairs the smallest p is {p_text(r.smallest_p)}"
                  + (f", above Holm's first threshold ({alpha} / {m}): no comparison could have "
                     f"been significant" if r.smallest_p >= alpha / m else
                     f"; with the paired differences' typical spread (median standard deviation "
-                    f"{_num(r.spread)}) a mean difference needs to exceed about "
-                    f"±{_num(r.detectable)} to be significant at Holm's first threshold "
+                    f"{num(r.spread)}) a mean difference needs to exceed about "
+                    f"±{num(r.detectable)} to be significant at Holm's first threshold "
                     f"({alpha} / {m})") + ".")
         differ = mine[mine.significant].sort_values("delta", ascending=False)
         if differ.empty:
             text = (f"**No regularizer differs from {VANILLA}** ({pooled}). {power}")
             parts += [head, text]
         else:
-            rows = [[d.regularizer, _num(d.delta, 3, sign=True),
-                     f"[{_num(d.ci_low, 3, sign=True)}, {_num(d.ci_high, 3, sign=True)}]",
-                     _p(d.p_value), _p(d.p_holm)] for d in differ.itertuples()]
+            rows = [[d.regularizer, num(d.delta, 3, sign=True),
+                     f"[{num(d.ci_low, 3, sign=True)}, {num(d.ci_high, 3, sign=True)}]",
+                     p_text(d.p_value), p_text(d.p_holm)] for d in differ.itertuples()]
             rest = len(mine) - len(differ)
             parts += [head, f"**{len(differ)} of {len(mine)} differ from {VANILLA}** "
                             f"({pooled}):",
@@ -248,11 +228,11 @@ def _overall_md(board: Leaderboard) -> str:
     gated = cells[cells.learns.eq(False)]
     parts = ["## Overall"]
     if len(ranked):
-        rows = [[_rank_text(r.rank), r.regularizer, _num(r.mean_rank_score, 2),
-                 _num(r.mean_rank_stability, 2), _percent(r.failure_rate),
+        rows = [[rank_text(r.rank), r.regularizer, num(r.mean_rank_score, 2),
+                 num(r.mean_rank_stability, 2), percent(r.failure_rate),
                  "–" if r.regularizer == VANILLA else
                  f"{r.better_than_vanilla} / {r.worse_than_vanilla}",
-                 _num(r.time_vs_vanilla, 2)] for r in ranked.itertuples()]
+                 num(r.time_vs_vanilla, 2)] for r in ranked.itertuples()]
         covered = int(ranked.cells_ranked.iloc[0])
         scope = (f"all {covered} (task, size) cells" if left_out.empty and gated.empty else
                  f"{covered} of the {len(cells)} (task, size) cells, those that learn and that "
@@ -276,7 +256,7 @@ def _overall_md(board: Leaderboard) -> str:
     else:
         parts.append("No regularizer has completed a cell yet: no overall rank.")
     if len(apart):
-        rows = [[r.regularizer, f"{r.cells_complete}/{r.cells}", _percent(r.failure_rate),
+        rows = [[r.regularizer, f"{r.cells_complete}/{r.cells}", percent(r.failure_rate),
                  r.missing] for r in apart.itertuples()]
         parts += ["### Not ranked: missing runs",
                   "These regularizers have seeds without a result in cells the ranked ones "
@@ -304,10 +284,10 @@ def _stability_ties(board: Leaderboard) -> str:
 def _reading_md(board: Leaderboard) -> str:
     cells, methods = board.cells, board.provenance["methods"]
     rules = "; ".join(
-        f"{r.label}: Pearson r at or below {_num(r.failure_line)}, the least r significantly "
+        f"{r.label}: Pearson r at or below {num(r.failure_line)}, the least r significantly "
         f"above 0 (one-sided, {ALPHA}) over its {r.reference['test_size']} test pairs"
         if r.regression else
-        f"{r.label}: test accuracy at or below the majority class's, {_num(r.failure_line)} "
+        f"{r.label}: test accuracy at or below the majority class's, {num(r.failure_line)} "
         f"({r.reference['label_counts'][r.reference['constant_prediction']]} of "
         f"{r.reference['test_size']})"
         for r in board.tasks.itertuples() if r.reference)
@@ -348,7 +328,7 @@ def _reading_md(board: Leaderboard) -> str:
                      "beyond that from the normal approximation. On this board: " + ", ".join(
                          f"{mode} in {count}" for mode, count in methods["test_methods"].items())
                      + f". With {int(cells.n_pairs.max())} paired seeds the smallest is "
-                     f"{_p(smallest_wilcoxon_p(int(cells.n_pairs.max())))}.")
+                     f"{p_text(smallest_wilcoxon_p(int(cells.n_pairs.max())))}.")
     return "\n".join(lines)
 
 
@@ -363,20 +343,20 @@ def _cells_md(board: Leaderboard) -> str:
                    "p (exploratory)", "stability rank", "spread [95% CI]", "seeds", "noise",
                    "hyperparameters"]
         for n, cell in by_task.groupby("n_train"):
-            rows = [[_rank_text(r.rank_score), r.regularizer, _score(r),
-                     *([] if regression else [_num(r.accuracy)]), _num(r["min"]),
-                     _num(r.iqr), f"[{_num(r.ci_low)}, {_num(r.ci_high)}]",
+            rows = [[rank_text(r.rank_score), r.regularizer, _score(r),
+                     *([] if regression else [num(r.accuracy)]), num(r["min"]),
+                     num(r.iqr), f"[{num(r.ci_low)}, {num(r.ci_high)}]",
                      f"{r.n_failures}/{r.n_completed}" if r.n_completed else "–",
-                     _num(r.delta_vs_vanilla, 3, sign=True), _p(r.p_value),
-                     _rank_text(r.rank_stability)
+                     num(r.delta_vs_vanilla, 3, sign=True), p_text(r.p_value),
+                     rank_text(r.rank_stability)
                      + (f" {TIED}" if _tied(r.stability_apart) else ""),
-                     f"{_num(r.std_not_failed)} [{_num(r.spread_low)}, {_num(r.spread_high)}]",
-                     _seeds(r), _num(r.noise), _params(r.params)]
+                     f"{num(r.std_not_failed)} [{num(r.spread_low)}, {num(r.spread_high)}]",
+                     seeds_text(r), num(r.noise), params_text(r.params)]
                     for _, r in cell.iterrows()]
             gate = cell.iloc[0]
             learns = ("" if pd.isna(gate.learns) else
-                      f" — learns (p = {_p(gate.gate_p)})" if gate.learns else
-                      f" — does not learn at this budget (p = {_p(gate.gate_p)}): not ranked "
+                      f" — learns (p = {p_text(gate.gate_p)})" if gate.learns else
+                      f" — does not learn at this budget (p = {p_text(gate.gate_p)}): not ranked "
                       "overall, no primary comparison")
             parts += [f"#### N = {n}{learns}", _table(rows, headers)]
     return "\n\n".join(parts)
@@ -421,17 +401,17 @@ def _tuning_md(board: Leaderboard) -> str:
     for task, by_task in tuning.groupby("task", sort=False):
         for n, cell in by_task.groupby("n_train"):
             cell = cell.sort_values("rank_at_budget")
-            rows = [[_rank_text(r.rank_at_1), _rank_text(r.rank_at_budget), r.regularizer,
+            rows = [[rank_text(r.rank_at_1), rank_text(r.rank_at_budget), r.regularizer,
                      f"{r.configurations}" + (f" ({r.left_out} left out)" if r.left_out else ""),
-                     _num(r.expected_max_1), _num(r.expected_max_budget), _num(r.seed_spread),
-                     _num(r.configuration_spread)] for r in cell.itertuples()]
+                     num(r.expected_max_1), num(r.expected_max_budget), num(r.seed_spread),
+                     num(r.configuration_spread)] for r in cell.itertuples()]
             agreement = cell.rank_at_1.corr(cell.rank_at_budget, method="spearman")
-            moved = [f"{r.regularizer} {_rank_text(r.rank_at_1)} → "
-                     f"{_rank_text(r.rank_at_budget)}" for r in cell.itertuples()
+            moved = [f"{r.regularizer} {rank_text(r.rank_at_1)} → "
+                     f"{rank_text(r.rank_at_budget)}" for r in cell.itertuples()
                      if abs(r.rank_at_1 - r.rank_at_budget) >= 3]
             parts += [f"### {task_label(task)}, N = {n}", _table(rows, headers),
                       f"Spearman ρ of the ranks at 1 and at {budget} trials: "
-                      f"{_num(agreement, 2)}; moved three places or more: "
+                      f"{num(agreement, 2)}; moved three places or more: "
                       f"{', '.join(moved) or 'none'}."]
     return "\n\n".join(parts)
 
@@ -458,9 +438,9 @@ def _noise_md(board: Leaderboard) -> str:
     ]
     parts += _missing_noise_lines(board)
     rows = [[task_label(r.task), "all" if pd.isna(r.n_train) else r.n_train, r.runs, r.cells,
-             _num(r.within_spearman, 2), _p(r.within_p),
-             "–" if pd.isna(r.across_cells) else r.across_cells, _num(r.across_spearman, 2),
-             _p(r.across_p)] for r in correlations.itertuples()]
+             num(r.within_spearman, 2), p_text(r.within_p),
+             "–" if pd.isna(r.across_cells) else r.across_cells, num(r.across_spearman, 2),
+             p_text(r.across_p)] for r in correlations.itertuples()]
     parts += [
         "Hua et al. find that models which move less generalise better: a negative rank "
         "correlation of the test score with the noise sensitivity. **Within cells**: the mean "
@@ -495,8 +475,8 @@ def _missing_noise_lines(board: Leaderboard) -> list[str]:
 
 
 def _cost_md(board: Leaderboard) -> str:
-    rows = [[r.regularizer, _num(r.seconds, 1), _num(r.time_vs_vanilla, 2),
-             _num(r.peak_memory_mb, 0)] for r in board.overall.itertuples()]
+    rows = [[r.regularizer, num(r.seconds, 1), num(r.time_vs_vanilla, 2),
+             num(r.peak_memory_mb, 0)] for r in board.overall.itertuples()]
     return "\n\n".join([
         "## Cost",
         f"Mean wall time of a finished run; **× {VANILLA}** is the ratio to {VANILLA}'s mean time "
@@ -507,20 +487,14 @@ def _cost_md(board: Leaderboard) -> str:
                       "peak GPU memory (MB)"])])
 
 
-def _setting(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value))
-    return str(value)
 
 
 def _provenance_md(board: Leaderboard) -> str:
     p, runs = board.provenance, board.runs
     lines = ["## Provenance", ""]
-    lines += [f"- {key}: {_setting(value)}" for key, value in board.meta.items()]
+    lines += [f"- {key}: {setting(value)}" for key, value in board.meta.items()]
     counts = ", ".join(f"{count} {status}" for status, count in sorted(p["runs"].items()))
-    lines += [f"- data seeds: {_setting(p['data_seeds']) or '–'}",
+    lines += [f"- data seeds: {setting(p['data_seeds']) or '–'}",
               f"- final runs finished between {p['first_run'] or '–'} and {p['last_run'] or '–'}",
               f"- planned runs: {counts or 'none'} ({runs_shown(p)} stored runs shown)"]
     if p["superseded_runs"]:

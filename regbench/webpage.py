@@ -28,18 +28,17 @@ from regbench.board import (
     runs_shown,
     task_label,
 )
-from regbench.markdown import (
-    TIED,
-    _header,
-    _moment,
-    _num,
-    _p,
-    _params,
-    _percent,
-    _rank_text,
-    _seeds,
-    _setting,
+from regbench.formatting import (
+    moment,
+    num,
+    p_text,
+    params_text,
+    percent,
+    rank_text,
+    seeds_text,
+    setting,
 )
+from regbench.markdown import TIED, _header
 from regbench.stats import CONFIDENCE, INTERVAL
 from regbench.store import DIVERGED, FAILED
 
@@ -108,23 +107,23 @@ def overall_table(board: Leaderboard) -> Table:
         Column("regularizer", "", lambda r: r.regularizer, numeric=False),
         Column("rank", "The overall rank: the mean score rank over the cells every ranked "
                "regularizer completed (1 is the best)", lambda r: r.rank,
-               lambda v: _rank_text(v.rank)),
+               lambda v: rank_text(v.rank)),
         Column("mean score rank", "Mean over the cells of the rank by mean test score",
-               lambda r: r.mean_rank_score, lambda v: _num(v.mean_rank_score, 2)),
+               lambda r: r.mean_rank_score, lambda v: num(v.mean_rank_score, 2)),
         Column("mean stability rank", "Mean over the cells of the rank by failure rate, then "
                "by the spread of the runs that did not fail",
-               lambda r: r.mean_rank_stability, lambda v: _num(v.mean_rank_stability, 2)),
+               lambda r: r.mean_rank_stability, lambda v: num(v.mean_rank_stability, 2)),
         Column("failure rate", "Runs no better than the majority class, diverged or crashed",
-               lambda r: r.failure_rate, lambda v: _percent(v.failure_rate)),
+               lambda r: r.failure_rate, lambda v: percent(v.failure_rate)),
         Column(f"better / worse than {VANILLA} (primary)",
                f"Primary comparisons that differ from {VANILLA} after Holm's correction",
                lambda r: r.better_than_vanilla - r.worse_than_vanilla,
                lambda v: "–" if v.regularizer == VANILLA else
                f"{v.better_than_vanilla} / {v.worse_than_vanilla}"),
         Column(f"time × {VANILLA}", f"Wall time of a run over {VANILLA}'s in the same cell",
-               lambda r: r.time_vs_vanilla, lambda v: _num(v.time_vs_vanilla, 2)),
+               lambda r: r.time_vs_vanilla, lambda v: num(v.time_vs_vanilla, 2)),
         Column("seconds per run", "Mean wall time of a finished run",
-               lambda r: r.seconds, lambda v: _num(v.seconds, 1)),
+               lambda r: r.seconds, lambda v: num(v.seconds, 1)),
         Column("cells complete", "Cells with a result for every planned seed",
                lambda r: r.cells_complete, lambda v: f"{v.cells_complete}/{v.cells}"),
         Column("missing", "Seeds without a result", lambda r: r.missing, numeric=False),
@@ -136,7 +135,7 @@ def overall_table(board: Leaderboard) -> Table:
 
 def _p_is(p: float) -> str:
     """"p = 0.012", or "p < 0.001"."""
-    text = _p(p)
+    text = p_text(p)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
@@ -158,43 +157,43 @@ def cells_table(board: Leaderboard) -> Table:
                "ranked regularizer completed it", lambda r: int(r.in_overall),
                lambda v: "yes" if v.in_overall else "no"),
         Column("score rank", "Rank by mean test score within the cell (1 is the best)",
-               lambda r: r.rank_score, lambda v: _rank_text(v.rank_score)),
+               lambda r: r.rank_score, lambda v: rank_text(v.rank_score)),
         Column("mean", "Mean test score (the task's primary metric) over the seeds with a "
-               "result", lambda r: r["mean"], lambda v: _num(v["mean"])),
+               "result", lambda r: r["mean"], lambda v: num(v["mean"])),
         Column("std", "Sample standard deviation over seeds", lambda r: r["std"],
-               lambda v: _num(v["std"])),
+               lambda v: num(v["std"])),
         Column("accuracy", "Mean test accuracy of the finished runs (classification), which "
-               "decides failures", lambda r: r.accuracy, lambda v: _num(v.accuracy)),
-        Column("worst", "The lowest seed", lambda r: r["min"], lambda v: _num(v["min"])),
-        Column("IQR", "Interquartile range", lambda r: r.iqr, lambda v: _num(v.iqr)),
+               "decides failures", lambda r: r.accuracy, lambda v: num(v.accuracy)),
+        Column("worst", "The lowest seed", lambda r: r["min"], lambda v: num(v["min"])),
+        Column("IQR", "Interquartile range", lambda r: r.iqr, lambda v: num(v.iqr)),
         Column(f"{CONFIDENCE:.0%} CI", f"{INTERVAL} over seeds",
-               lambda r: r.ci_low, lambda v: f"[{_num(v.ci_low)}, {_num(v.ci_high)}]"),
+               lambda r: r.ci_low, lambda v: f"[{num(v.ci_low)}, {num(v.ci_high)}]"),
         Column("failed", "Runs no better than the constant predictor, diverged or crashed",
                lambda r: r.failure_rate,
                lambda v: f"{v.n_failures}/{v.n_completed}" if v.n_completed else "–"),
         Column(f"Δ {VANILLA}", f"Mean paired difference to {VANILLA} in this cell",
-               lambda r: r.delta_vs_vanilla, lambda v: _num(v.delta_vs_vanilla, sign=True)),
+               lambda r: r.delta_vs_vanilla, lambda v: num(v.delta_vs_vanilla, sign=True)),
         Column("p (exploratory)", f"Wilcoxon signed-rank test against {VANILLA} in this cell, "
                "uncorrected: only the headline's primary comparisons are evidence",
-               lambda r: r.p_value, lambda v: _p(v.p_value)),
+               lambda r: r.p_value, lambda v: p_text(v.p_value)),
         Column("stability rank", "Rank by failure rate, then by the spread of the runs that "
                f"did not fail (1 is the steadiest); {TIED}: cannot be told apart from the "
                "steadiest", lambda r: r.rank_stability,
-               lambda v: _rank_text(v.rank_stability)
+               lambda v: rank_text(v.rank_stability)
                + (f" {TIED}" if v.stability_apart is False else "")),
         Column("spread [95% CI]", "Standard deviation of the runs that did not fail, with its "
                "chi-square interval", lambda r: r.std_not_failed,
-               lambda v: f"{_num(v.std_not_failed)} [{_num(v.spread_low)}, "
-                         f"{_num(v.spread_high)}]"),
+               lambda v: f"{num(v.std_not_failed)} [{num(v.spread_low)}, "
+                         f"{num(v.spread_high)}]"),
         # The markdown's text, without its bold: the row's color says a cell is incomplete.
         Column("seeds", "Runs with a result over planned runs", lambda r: r.n_completed,
-               lambda v: _seeds(v).strip("*")),
+               lambda v: seeds_text(v).strip("*")),
         Column("noise", "Mean noise sensitivity of the finished runs", lambda r: r.noise,
-               lambda v: _num(v.noise)),
+               lambda v: num(v.noise)),
         Column(f"time × {VANILLA}", f"Wall time of a run over {VANILLA}'s",
-               lambda r: r.time_vs_vanilla, lambda v: _num(v.time_vs_vanilla, 2)),
-        Column("hyperparameters", "The tuned configuration", lambda r: _params(r.params),
-               lambda v: _params(v.params), numeric=False),
+               lambda r: r.time_vs_vanilla, lambda v: num(v.time_vs_vanilla, 2)),
+        Column("hyperparameters", "The tuned configuration", lambda r: params_text(r.params),
+               lambda v: params_text(v.params), numeric=False),
     ]
     return Table("cells", columns, [row for _, row in board.cells.iterrows()],
                  lambda r: {"task": r.task, "size": r.n_train, "regularizer": r.regularizer},
@@ -210,11 +209,11 @@ def runs_table(board: Leaderboard) -> Table:
         Column("outcome", "finished; failed: no better than the majority class; diverged; "
                "crashed; missing: planned, no result", charts.outcome, numeric=False),
         Column("score", "The test score, or the constant predictor's for a diverged or crashed "
-               "run", lambda r: r.score, lambda v: _num(v.score, 4)),
+               "run", lambda r: r.score, lambda v: num(v.score, 4)),
         Column("accuracy", "Test accuracy (classification), which decides a failure",
-               lambda r: r.accuracy, lambda v: _num(v.accuracy, 4)),
-        Column("noise", "Noise sensitivity", lambda r: r.noise, lambda v: _num(v.noise, 4)),
-        Column("seconds", "", lambda r: r.seconds, lambda v: _num(v.seconds, 1)),
+               lambda r: r.accuracy, lambda v: num(v.accuracy, 4)),
+        Column("noise", "Noise sensitivity", lambda r: r.noise, lambda v: num(v.noise, 4)),
+        Column("seconds", "", lambda r: r.seconds, lambda v: num(v.seconds, 1)),
         Column("hyperparameters", "", lambda r: charts.params_text(r.params), numeric=False),
         Column("error", "", lambda r: r.error if isinstance(r.error, str) else "",
                lambda v: (v.error.strip().splitlines() or [""])[-1]
@@ -260,13 +259,13 @@ def headline(board: Leaderboard) -> list[dict]:
             "gate": [(n, _p_is(task.gate_p[n])) for n in task.sizes],
             "comparisons": len(mine), "pairs": task.pairs,
             "sizes": ", ".join(map(str, mine.sizes.iloc[0])) if len(mine) else "",
-            "differ": [{"regularizer": d.regularizer, "delta": _num(d.delta, sign=True),
-                        "ci": f"[{_num(d.ci_low, sign=True)}, {_num(d.ci_high, sign=True)}]",
-                        "p": _p(d.p_value), "p_holm": _p(d.p_holm)}
+            "differ": [{"regularizer": d.regularizer, "delta": num(d.delta, sign=True),
+                        "ci": f"[{num(d.ci_low, sign=True)}, {num(d.ci_high, sign=True)}]",
+                        "p": p_text(d.p_value), "p_holm": p_text(d.p_holm)}
                        for d in differ.itertuples()],
-            "smallest_p": _p(task.smallest_p), "threshold": f"{alpha} / {m}",
+            "smallest_p": p_text(task.smallest_p), "threshold": f"{alpha} / {m}",
             "powerless": task.smallest_p >= alpha / m if m else True,
-            "spread": _num(task.spread), "detectable": _num(task.detectable)})
+            "spread": num(task.spread), "detectable": num(task.detectable)})
     return found
 
 
@@ -283,18 +282,18 @@ def tuning_table(board: Leaderboard) -> Table:
                lambda v: f"{v.configurations}" + (f" ({v.left_out} left out)"
                                                   if v.left_out else "")),
         Column("rank at 1", "Rank within the (task, size) by the expected best validation "
-               "score of one trial", lambda r: r.rank_at_1, lambda v: _rank_text(v.rank_at_1)),
+               "score of one trial", lambda r: r.rank_at_1, lambda v: rank_text(v.rank_at_1)),
         Column(f"rank at {budget}", "Rank by the expected best of the budget's trials",
-               lambda r: r.rank_at_budget, lambda v: _rank_text(v.rank_at_budget)),
+               lambda r: r.rank_at_budget, lambda v: rank_text(v.rank_at_budget)),
         Column("E[max] at 1", "Expected best validation score of one trial (Dodge et al.)",
-               lambda r: r.expected_max_1, lambda v: _num(v.expected_max_1)),
+               lambda r: r.expected_max_1, lambda v: num(v.expected_max_1)),
         Column(f"E[max] at {budget}", "Expected best validation score of the budget's trials",
-               lambda r: r.expected_max_budget, lambda v: _num(v.expected_max_budget)),
+               lambda r: r.expected_max_budget, lambda v: num(v.expected_max_budget)),
         Column("seed spread", "Standard deviation of the tuned configuration's final seeds' "
-               "validation scores", lambda r: r.seed_spread, lambda v: _num(v.seed_spread)),
+               "validation scores", lambda r: r.seed_spread, lambda v: num(v.seed_spread)),
         Column("configuration spread", "Standard deviation of the study's configurations' "
                "validation scores", lambda r: r.configuration_spread,
-               lambda v: _num(v.configuration_spread)),
+               lambda v: num(v.configuration_spread)),
     ]
     return Table("tuning", columns, list(board.tuning.itertuples()),
                  lambda r: {"task": r.task, "size": r.n_train, "regularizer": r.regularizer})
@@ -306,8 +305,8 @@ def _correlations(board: Leaderboard, task: str) -> list[dict]:
     if found.empty:
         return []
     return [{"size": "all" if pd.isna(r.n_train) else int(r.n_train), "runs": r.runs,
-             "cells": r.cells, "within": _num(r.within_spearman, 2), "within_p": _p(r.within_p),
-             "across": _num(r.across_spearman, 2), "across_p": _p(r.across_p),
+             "cells": r.cells, "within": num(r.within_spearman, 2), "within_p": p_text(r.within_p),
+             "across": num(r.across_spearman, 2), "across_p": p_text(r.across_p),
              "regularizers": "–" if pd.isna(r.across_cells) else int(r.across_cells)}
             for r in found[found.task == task].itertuples()]
 
@@ -316,13 +315,13 @@ def failure_rule(task) -> str:
     """When a run of the task fails, from its row of `Leaderboard.tasks`, as protocol.md says."""
     reference = task.reference
     if task.regression:
-        return (f"a run fails when its Pearson r is at or below {_num(task.failure_line)}, the "
+        return (f"a run fails when its Pearson r is at or below {num(task.failure_line)}, the "
                 f"least r significantly above 0 (one-sided) over its "
                 f"{reference['test_size']} test pairs")
     majority = reference["label_counts"][reference["constant_prediction"]]
     return (f"a run fails when its test accuracy is at or below the majority class's, "
-            f"{_num(task.failure_line)} ({majority} of {reference['test_size']}); the dashed "
-            f"line is that predictor's {task.metric}, {_num(task.baseline)}")
+            f"{num(task.failure_line)} ({majority} of {reference['test_size']}); the dashed "
+            f"line is that predictor's {task.metric}, {num(task.baseline)}")
 
 
 def _tasks(board: Leaderboard) -> list[dict]:
@@ -347,7 +346,8 @@ def board_page(board: Leaderboard, name: str) -> str:
     verdicts = headline(board)
     return _environment.get_template("board.html.j2").render(
         title=f"Leaderboard: {board.meta.get('suite', name)}", name=name, board=board,
-        sentence=sentence, facts=facts, meta=[(k, _setting(v)) for k, v in board.meta.items()],
+        sentence=sentence, facts=facts,
+        meta=[(k, setting(v)) for k, v in board.meta.items()],
         provenance=board.provenance, runs_shown=runs_shown(board.provenance),
         status_counts=sorted(board.provenance["runs"].items()),
         tasks=_tasks(board) if not cells.empty else [], headline=verdicts,
@@ -391,7 +391,7 @@ def headline_of(document: dict) -> list[str]:
         elif differ.empty:
             verdict = f"none of {len(mine)} regularizers differs from {VANILLA}"
         else:
-            verdict = (", ".join(f"{r.regularizer} ({_num(r.delta, sign=True)})"
+            verdict = (", ".join(f"{r.regularizer} ({num(r.delta, sign=True)})"
                                  for r in differ.itertuples())
                        + f" differ from {VANILLA} ({len(differ)} of {len(mine)})")
         lines.append(f"{task['label']}: {verdict}")
@@ -407,7 +407,7 @@ def index_page(documents: dict[str, dict]) -> str:
     for name, document in sorted(documents.items()):
         meta, provenance = document.get("meta", {}), document["provenance"]
         boards.append({"name": name, "suite": meta.get("suite", name),
-                       "date": meta.get("date") or _moment(provenance["generated"]),
+                       "date": meta.get("date") or moment(provenance["generated"]),
                        "trained": [(provenance.get("first_run") or "")[:10],
                                    (provenance.get("last_run") or "")[:10]],
                        "model": meta.get("model"), "headline": headline_of(document),

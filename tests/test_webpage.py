@@ -15,8 +15,9 @@ import pytest
 from test_leaderboard import _measured, expected_of, frame_of, handmade_rows, run
 
 from regbench.board import build, task_label
+from regbench.formatting import num
 from regbench.leaderboard import publish
-from regbench.markdown import _num, render
+from regbench.markdown import render
 
 META = {"suite": "handmade", "model": "minilm", "recipe": {"learning_rate": 2e-5}}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -163,7 +164,7 @@ def test_the_tables_hold_the_board(page, site):
     assert len(shown) == len(board.cells)
     for c in board.cells.itertuples():
         text, exact = shown[(c.regularizer, task_label(c.task), c.n_train)]
-        assert text == _num(c.mean)
+        assert text == num(c.mean)
         assert (exact == "" if np.isnan(c.mean) else float(exact) == c.mean)
     assert sorted(_column(page, "overall", "regularizer", None)) == sorted(
         board.overall.regularizer)
