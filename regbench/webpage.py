@@ -38,7 +38,7 @@ from regbench.formatting import (
     seeds_text,
     setting,
 )
-from regbench.markdown import TIED, _header
+from regbench.markdown import TIED, header_facts, header_sentence
 from regbench.stats import CONFIDENCE, INTERVAL
 from regbench.store import DIVERGED, FAILED
 
@@ -224,17 +224,6 @@ def runs_table(board: Leaderboard) -> Table:
                  lambda r: f"outcome-{charts.outcome(r)}")
 
 
-def _facts(board: Leaderboard) -> tuple[str, list[tuple[str, Markup]]]:
-    """The markdown header's opening sentence and its facts (machine, software, compute,
-    statistics), as the markdown states them."""
-    paragraphs = _header(board).split("\n\n")
-    facts = []
-    for line in paragraphs[-1].splitlines():
-        label, text = re.fullmatch(r"- \*\*(.+?)\*\*:? ?(.*)", line).groups()
-        facts.append((label, _inline(text)))
-    return _inline(paragraphs[1]), facts
-
-
 def _inline(text: str) -> Markup:
     """Markdown's `code` and **bold** as HTML, the rest escaped."""
     html = str(escape(text))
@@ -341,12 +330,12 @@ def _tasks(board: Leaderboard) -> list[dict]:
 
 def board_page(board: Leaderboard, name: str) -> str:
     """The board's page; it links to `<name>.csv`, `.json` and `.md` beside it."""
-    sentence, facts = _facts(board)
     cells = board.cells
     verdicts = headline(board)
     return _environment.get_template("board.html.j2").render(
         title=f"Leaderboard: {board.meta.get('suite', name)}", name=name, board=board,
-        sentence=sentence, facts=facts,
+        sentence=_inline(header_sentence(board)),
+        facts=[(label, _inline(text)) for label, text in header_facts(board)],
         meta=[(k, setting(v)) for k, v in board.meta.items()],
         provenance=board.provenance, runs_shown=runs_shown(board.provenance),
         status_counts=sorted(board.provenance["runs"].items()),
