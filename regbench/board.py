@@ -37,7 +37,7 @@ from regbench.stats import (
     t_interval,
     wilcoxon,
 )
-from regbench.store import DIVERGED, FAILED, FINISHED, SETTLED
+from regbench.store import CELL, DIVERGED, FAILED, FINISHED, SETTLED
 from regbench.tasks import TASKS
 from regbench.tuning_budget import budget_curves
 
@@ -47,7 +47,6 @@ MISSING = "missing"  # the status of a planned run that has no row in the store
 # A crashed run is a result, a failed one, as is a diverged run (protocol.md); a missing run is
 # no result at all, and leaves its cell incomplete.
 COMPLETED = (*SETTLED, FAILED)
-CELL = ["task", "n_train", "regularizer"]
 RUN = [*CELL, "seed"]
 STATS = ["mean", "std", "min", "max", "q25", "q75", "iqr"]
 METRIC_NAMES = {"accuracy": "accuracy", "f1_accuracy": "mean of F1 and accuracy",

@@ -15,9 +15,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from regbench.stats import spearman
-from regbench.store import FINISHED
+from regbench.store import CELL, FINISHED
 
-CELL = ["task", "n_train", "regularizer"]
 # A run's measure: its key -> the curve's name.
 MEASURES = {"distance": "distance", "table": "relative"}
 PERMUTATIONS = 20_000  # of the noise within cells: p-values down to 5e-5

@@ -44,6 +44,7 @@ DIVERGED = "diverged"  # the training loss stopped being finite: a result, not a
 FAILED = "failed"  # raised: a final run is retried when the suite runs again
 PRUNED = "pruned"  # a tuning run the pruner stopped; kept to count what pruning saved
 SETTLED = (FINISHED, DIVERGED)  # outcomes that a rerun keeps
+CELL = ["task", "n_train", "regularizer"]  # the key of a cell: its runs differ in the seed alone
 T = TypeVar("T")
 
 metadata = sa.MetaData()

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from regbench.stats import rank
-from regbench.store import FINISHED
+from regbench.store import CELL, FINISHED
 
-CELL = ["task", "n_train", "regularizer"]
 # The sampler of the studies stored before their runs recorded one: TPE with Optuna's default
 # start-up of 10 random trials.
 _UNRECORDED = {"sampler": "tpe", "startup_trials": 10}
