@@ -13,7 +13,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from regbench.board import COMPLETED, MISSING, VANILLA, Leaderboard, metric_name, task_label
-from regbench.plots import MIN_SPAN, regularizer_colors
+from regbench.formatting import configuration
+from regbench.plots import floor_span, regularizer_colors
 from regbench.store import DIVERGED, FAILED, FINISHED
 
 # What a run's marker says about it. A failure that finished scored no better than the
@@ -72,19 +73,14 @@ def _baseline(figure: go.Figure, board: Leaderboard, task: str, **where) -> None
 def _floor_span(scores: pd.Series, threshold: float) -> list[float] | None:
     """A score axis at least MIN_SPAN wide around the data and the baseline (as plots.py's)."""
     values = pd.concat([scores.dropna(), pd.Series([threshold])])
-    low, high = float(values.min()), float(values.max())
-    if high - low >= MIN_SPAN:
-        return None
-    middle = (low + high) / 2
-    return [middle - MIN_SPAN / 2, middle + MIN_SPAN / 2]
+    span = floor_span(float(values.min()), float(values.max()))
+    return None if span is None else list(span)
 
 
 def params_text(params) -> str:
     if not isinstance(params, str):
         return "–"
-    values = json.loads(params)
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in values.items()) or "defaults"
+    return configuration(json.loads(params)) or "defaults"
 
 
 def _hover(run) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+TIED = "≈"  # a stability rank that cannot be told apart from the cell's steadiest
+
 
 def num(x: float, digits: int = 3, sign: bool = False) -> str:
     return "–" if pd.isna(x) else f"{x:{'+' if sign else ''}.{digits}f}"
@@ -43,12 +45,21 @@ def seeds_text(row: pd.Series) -> str:
     return text if row.n_completed == row.n_planned else f"**{text}**"
 
 
+def configuration(values: dict[str, Any]) -> str:
+    """Hyperparameters as "name=value, …", a float to three significant digits."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
+
+
 def params_text(text: str) -> str:
     """A cell's configurations (a JSON list of them), one after the other."""
-    configurations = json.loads(text)
-    shown = [", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in c.items()) or "–" for c in configurations]
+    shown = [configuration(c) or "–" for c in json.loads(text)]
     return " / ".join(shown) or "–"
+
+
+def tied_to_steadiest(apart: Any) -> bool:
+    """Whether a cell's `stability_apart` says its rank cannot be told from the steadiest."""
+    return not pd.isna(apart) and not apart
 
 
 def setting(value: Any) -> str:

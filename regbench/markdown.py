@@ -20,6 +20,7 @@ from regbench.board import (
     task_label,
 )
 from regbench.formatting import (
+    TIED,
     moment,
     num,
     p_text,
@@ -28,12 +29,12 @@ from regbench.formatting import (
     rank_text,
     seeds_text,
     setting,
+    tied_to_steadiest,
 )
 from regbench.stats import CONFIDENCE, INTERVAL, smallest_wilcoxon_p
 from regbench.store import DIVERGED, FAILED
 from regbench.tasks import TASKS
 
-TIED = "≈"  # a stability rank that cannot be told apart from the cell's steadiest
 FOREST = "forest"  # the plot of the primary comparisons, shown in the headline
 
 
@@ -284,15 +285,10 @@ def _overall_md(board: Leaderboard) -> str:
     return "\n\n".join(parts)
 
 
-def _tied(apart: Any) -> bool:
-    """Whether a cell's `stability_apart` says its rank cannot be told from the steadiest."""
-    return not pd.isna(apart) and not apart
-
-
 def _stability_ties(board: Leaderboard) -> str:
     """How many stability ranks of the ranked cells cannot be told apart from the steadiest."""
     inside = board.cells[board.cells.in_overall & board.cells.stability_apart.notna()]
-    tied = int(inside.stability_apart.map(_tied).sum())
+    tied = int(inside.stability_apart.map(tied_to_steadiest).sum())
     return (f"Within the ranked cells, {tied} of the {len(inside)} stability ranks below the "
             f"steadiest cannot be told apart from it ({TIED} in the tables), so mean stability "
             "ranks that differ little mean little." if len(inside) else "")
@@ -366,7 +362,7 @@ def _cells_md(board: Leaderboard) -> str:
                      f"{r.n_failures}/{r.n_completed}" if r.n_completed else "–",
                      num(r.delta_vs_vanilla, 3, sign=True), p_text(r.p_value),
                      rank_text(r.rank_stability)
-                     + (f" {TIED}" if _tied(r.stability_apart) else ""),
+                     + (f" {TIED}" if tied_to_steadiest(r.stability_apart) else ""),
                      f"{num(r.std_not_failed)} [{num(r.spread_low)}, {num(r.spread_high)}]",
                      seeds_text(r), num(r.noise), params_text(r.params)]
                     for _, r in cell.iterrows()]

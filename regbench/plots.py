@@ -111,12 +111,20 @@ def _baseline(ax, threshold: float) -> None:
                label="majority class's score / least significant r")
 
 
+def floor_span(low: float, high: float) -> tuple[float, float] | None:
+    """A score axis from `low` to `high` widened to MIN_SPAN around its middle; None where it
+    is that wide already."""
+    if high - low >= MIN_SPAN:
+        return None
+    middle = (low + high) / 2
+    return middle - MIN_SPAN / 2, middle + MIN_SPAN / 2
+
+
 def _floor_span(ax) -> None:
     """Widen the score axis to MIN_SPAN around its data, where it is narrower."""
-    low, high = ax.get_ylim()
-    if high - low < MIN_SPAN:
-        middle = (low + high) / 2
-        ax.set_ylim(middle - MIN_SPAN / 2, middle + MIN_SPAN / 2)
+    span = floor_span(*ax.get_ylim())
+    if span is not None:
+        ax.set_ylim(*span)
 
 
 def _sizes(cells: pd.DataFrame, runs: pd.DataFrame, threshold: float,

@@ -29,6 +29,7 @@ from regbench.board import (
     task_label,
 )
 from regbench.formatting import (
+    TIED,
     moment,
     num,
     p_text,
@@ -37,8 +38,9 @@ from regbench.formatting import (
     rank_text,
     seeds_text,
     setting,
+    tied_to_steadiest,
 )
-from regbench.markdown import TIED, header_facts, header_sentence
+from regbench.markdown import header_facts, header_sentence
 from regbench.stats import CONFIDENCE, INTERVAL
 from regbench.store import DIVERGED, FAILED
 
@@ -180,7 +182,7 @@ def cells_table(board: Leaderboard) -> Table:
                f"did not fail (1 is the steadiest); {TIED}: cannot be told apart from the "
                "steadiest", lambda r: r.rank_stability,
                lambda v: rank_text(v.rank_stability)
-               + (f" {TIED}" if v.stability_apart is False else "")),
+               + (f" {TIED}" if tied_to_steadiest(v.stability_apart) else "")),
         Column("spread [95% CI]", "Standard deviation of the runs that did not fail, with its "
                "chi-square interval", lambda r: r.std_not_failed,
                lambda v: f"{num(v.std_not_failed)} [{num(v.spread_low)}, "
