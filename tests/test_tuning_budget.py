@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
-from test_leaderboard import META, frame_of, run
+from boards import META, frame_of, run
 
 from regbench.board import build
 from regbench.markdown import render

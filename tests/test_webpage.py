@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_leaderboard import _measured, expected_of, frame_of, handmade_rows, run
+from boards import expected_of, frame_of, handmade_rows, noise_measured, run
 
 from regbench.board import build, task_label
 from regbench.formatting import num
@@ -40,7 +40,7 @@ def _rows() -> list[dict]:
             continue
         if row["regularizer"] == "l2sp" and row["task"] == "cola" and row["n_train"] == 1000:
             continue
-        rows.append({**row, "noise_stability": _measured(0.01 + 0.02 * row["seed"])})
+        rows.append({**row, "noise_stability": noise_measured(0.01 + 0.02 * row["seed"])})
     rows.append(run("mixout", "rte", 1000, 3, None, status="failed",
                     error="RuntimeError: CUDA out of memory"))
     return rows
