@@ -148,10 +148,15 @@ def _column(page, table: str, header: str, attribute: str = "data-sort") -> list
         }""", [f"table-{table}", header, attribute])
 
 
-def test_the_page_loads_from_a_file_without_errors_or_requests(page, site):
+def _logged_nothing(page, site) -> None:
+    """What a test that interacts with the page checks last: under the page's content security
+    policy, which allows no request and no eval, it logged no error and asked for nothing."""
     _, out = site
-    assert page.errors == []
-    assert page.requests == [(out / "handmade.html").as_uri()]
+    assert page.errors == [] and page.requests == [(out / "handmade.html").as_uri()]
+
+
+def test_the_page_loads_from_a_file_without_errors_or_requests(page, site):
+    _logged_nothing(page, site)
     assert page.title() == "Leaderboard: handmade"
 
 
@@ -190,6 +195,7 @@ def test_sorting_a_column_reorders_the_rows(page, site):
     page.locator("#table-overall th", has_text="failure rate").click()
     rates = _numbers(_column(page, "overall", "failure rate"))
     assert rates == sorted(rates) and len(rates) == 3
+    _logged_nothing(page, site)
 
 
 def test_filtering_by_task_size_and_regularizer(page, site):
@@ -220,9 +226,10 @@ def test_filtering_by_task_size_and_regularizer(page, site):
         page.locator("summary", has_text="Regularizers").click()
     page.wait_for_function("!document.querySelector('#task-rte').hidden")
     assert len(_column(page, "cells", "task", None)) == len(cells)
+    _logged_nothing(page, site)
 
 
-def test_every_plot_renders(page):
+def test_every_plot_renders(page, site):
     from PIL import Image
 
     plots = page.locator(".js-plotly-plot")
@@ -232,9 +239,10 @@ def test_every_plot_renders(page):
         drawn = (image < 235).any(axis=-1)  # not white, nor the grid's light grey
         colors = {tuple(pixel) for pixel in image[drawn][::7]}
         assert image.shape[0] > 150 and drawn.mean() > 0.01 and len(colors) > 8, i
+    _logged_nothing(page, site)
 
 
-def test_a_point_names_its_seed_score_outcome_and_hyperparameters(page):
+def test_a_point_names_its_seed_score_outcome_and_hyperparameters(page, site):
     text = page.evaluate("""() => {
         const plot = document.querySelector('#task-rte .js-plotly-plot');
         const trace = plot.data.findIndex((t) => t.type === 'scatter' && t.name === 'l2sp');
@@ -243,6 +251,7 @@ def test_a_point_names_its_seed_score_outcome_and_hyperparameters(page):
     }""")
     assert "l2sp, N = 100, seed 2" in text and "score 0.6100 (finished)" in text
     assert "hyperparameters: alpha=0.001" in text
+    _logged_nothing(page, site)
 
 
 def test_a_crashed_run_and_a_missing_cell_show_as_such(page):
@@ -276,13 +285,6 @@ def test_a_crashed_run_and_a_missing_cell_show_as_such(page):
             .map((t) => t.marker.symbol).flat();
     }""")
     assert "triangle-down" in symbols
-
-
-def test_the_page_logged_no_error_through_the_tests_above(page, site):
-    """Sorting, filtering, hovering and redrawing (run before this, in file order) under the
-    page's content security policy, which allows no request and no eval."""
-    _, out = site
-    assert page.errors == [] and page.requests == [(out / "handmade.html").as_uri()]
 
 
 def test_on_a_phone_only_the_tables_scroll_sideways(browser, site):
