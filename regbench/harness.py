@@ -43,6 +43,7 @@ class RunResult:
     error: str | None = None
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, validation score)
     noise_stability: dict | None = None  # regbench.noise_stability, for a run that was tested
+    step_seconds: list[float] = field(default_factory=list)  # each training step's, for costing
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -224,7 +225,9 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
               disable=not progress, leave=False, unit="step") as bar:
         for step, indices in enumerate(batches(), start=1):
             state.batch = _on(state.device, data.train.collate(indices, pad_id))
+            stepped = time.perf_counter()
             value = training_step(state, regularizer)
+            result.step_seconds.append(time.perf_counter() - stepped)
             # The weights are checked where they are scored: a step can leave them non-finite
             # with a finite loss (an overflowing gradient, a plugin's update), and the last
             # step's loss never shows it.

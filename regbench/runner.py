@@ -563,24 +563,23 @@ def describe_device(device: torch.device) -> str:
 def task_costs(suite: Suite, device: torch.device,
                data_dir: str | None = None) -> dict[str, tuple[float, float]]:
     """Each task's seconds per vanilla step and fixed seconds a run (loading, evaluation) on
-    `device`, from two short runs whose difference gives the time of a step."""
-    # A GPU step is some hundred times quicker than a CPU's: the longer run needs more steps for
-    # the difference to stand above the noise of the fixed cost.
-    short, long = (2, 6) if device.type == "cpu" else (10, 60)
+    `device`, from one short run: the median of its steps after the first (which allocates the
+    optimiser's state), and the rest of the run's time. The difference of two runs' times, its
+    former measure, was a few steps' worth against a fixed cost that varies by as much: on a CPU
+    it gave per-step costs from 0.0003 s to 0.11 s for the same task."""
+    steps = 8 if device.type == "cpu" else 30
     vanilla = build("vanilla")
+    recipe = Recipe.from_dict({**suite.recipe.as_dict(), "epochs": 0, "min_steps": steps})
     costs = {}
     for i, name in enumerate(suite.tasks):
         data = task_data(get_task(name), max(suite.sizes), suite.data_seed, suite.model,
                          suite.recipe.max_length, data_dir)
-        timings = []
         # The first run of a process pays for the kernels' first calls (on a GPU, for its
         # context too): an untimed one takes that cost out of the first task's figures.
-        for steps in (1, short, long) if i == 0 else (short, long):
-            recipe = Recipe.from_dict({**suite.recipe.as_dict(), "epochs": 0, "min_steps": steps})
-            timings.append(fine_tune(data, vanilla, 0, suite.model, recipe, device,
-                                     progress=False).seconds)
-        per_step = max(timings[-1] - timings[-2], 1e-3) / (long - short)
-        costs[name] = per_step, max(timings[-2] - short * per_step, 0.0)
+        for _ in range(2 if i == 0 else 1):
+            result = fine_tune(data, vanilla, 0, suite.model, recipe, device, progress=False)
+        per_step = statistics.median(result.step_seconds[1:])
+        costs[name] = per_step, max(result.seconds - per_step * len(result.step_seconds), 0.0)
     return costs
 
 

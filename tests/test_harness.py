@@ -135,3 +135,10 @@ def test_a_validation_sample_is_stratified_fixed_and_scored_in_place_of_the_half
     # Accuracy over 40 examples moves in steps of 1/40.
     assert len(seen) == 1 and (seen[0] * 40) == pytest.approx(round(seen[0] * 40))
     assert result.validation["accuracy"] == seen[0]
+
+
+def test_a_run_records_the_time_of_each_step(rte_data, tiny_recipe):
+    result = fine_tune(rte_data, Vanilla(), 1, recipe=tiny_recipe,
+                       device=torch.device("cpu"), progress=False)
+    assert len(result.step_seconds) == result.steps > 1
+    assert 0 < sum(result.step_seconds) < result.seconds
