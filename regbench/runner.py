@@ -586,27 +586,36 @@ def task_costs(suite: Suite, device: torch.device,
 def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = None,
                      step_costs: dict[str, float] | None = None,
                      costs: dict[str, tuple[float, float]] | None = None,
-                     example_costs: dict[str, float] | None = None) -> dict[Cell, float]:
+                     example_costs: dict[str, float] | None = None,
+                     fp32_costs: dict[str, float] | None = None) -> dict[Cell, float]:
     """Seconds per run of each cell on `device`: its task's fixed cost and vanilla step time
     (`costs`, measured by `task_costs` unless given), the steps scaled by the regularizer's cost
     against vanilla: `step_costs` where measured (benchmarks/gpu.py), else the plugin's declared
-    `step_cost()`; its passes over the training split in setup (`setup_passes`), at vanilla's
-    step time per batch; and its passes of single examples (`setup_example_passes`), at
-    vanilla's step time at batch size 1 (`example_costs`, measured where needed unless given)."""
+    `step_cost()`, with the share of the encoder's layers it has compute in fp32 in a bf16 run
+    priced at vanilla's fp32 step time (`fp32_costs`, measured where needed unless given); its
+    passes over the training split in setup (`setup_passes`), at vanilla's step time per batch;
+    and its passes of single examples (`setup_example_passes`), at vanilla's step time at batch
+    size 1 (`example_costs`, measured where needed unless given)."""
     suite = plan.suite
     costs = costs or task_costs(suite, pick_device(device), data_dir)
     plugins = {name: build(name, options) for name, options in suite.regularizers.items()}
     if example_costs is None:
         singly = any(plugin.setup_example_passes() for plugin in plugins.values())
-        example_costs = {task: per_step for task, (per_step, _) in task_costs(
-            single_examples(suite), pick_device(device), data_dir).items()} if singly else {}
+        example_costs = _step_seconds(single_examples(suite), device, data_dir) if singly else {}
+    in_fp32 = ({name: _fp32_share(plugin, plan.depth) for name, plugin in plugins.items()}
+               if mixed_precision(suite.recipe.precision, pick_device(device)) else {})
+    if fp32_costs is None:
+        fp32_costs = (_step_seconds(fp32(suite), device, data_dir)
+                      if any(in_fp32.values()) and step_costs is None else {})
     estimates = {}
     for cell in plan.cells:
         plugin = plugins[cell.regularizer]
-        cost = (step_costs or {}).get(cell.regularizer)
-        if cost is None:
-            cost = plugin.step_cost()
         per_step, fixed = costs[cell.task]
+        cost = (step_costs or {}).get(cell.regularizer)
+        if cost is None:  # measured costs hold the fp32 parts already
+            share = in_fp32.get(cell.regularizer, 0.0)
+            cost = plugin.step_cost() * (1 - share + share * fp32_costs.get(
+                cell.task, per_step) / per_step)
         setup = plugin.setup_passes() * math.ceil(cell.size / suite.recipe.batch_size) * per_step
         if plugin.setup_example_passes():
             setup += plugin.setup_example_passes() * cell.size * example_costs[cell.task]
@@ -614,6 +623,26 @@ def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = No
     return estimates
 
 
+def _step_seconds(suite: Suite, device: str, data_dir: str | None) -> dict[str, float]:
+    return {task: per_step for task, (per_step, _) in task_costs(
+        suite, pick_device(device), data_dir).items()}
+
+
+def _fp32_share(plugin, depth: int) -> float:
+    """The share of the encoder's layers (nearly all of a step's arithmetic) that `plugin` has
+    compute in fp32."""
+    parts = plugin.fp32_parts(depth)
+    if "model" in parts:
+        return 1.0
+    return sum(part.startswith("layer.") for part in parts) / max(depth, 1)
+
+
 def single_examples(suite: Suite) -> Suite:
     """`suite` at batch size 1: `task_costs` of it time a pass of one example."""
     return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(), "batch_size": 1}))
+
+
+def fp32(suite: Suite) -> Suite:
+    """`suite` in fp32: `task_costs` of it time a step of layers a plugin has compute in fp32."""
+    return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(),
+                                                   "precision": "fp32"}))

@@ -294,6 +294,23 @@ def test_estimate_scales_the_steps_by_each_regularizers_cost():
     assert seconds[Cell("childtuning_d", "rte", 16)] == pytest.approx(3.0 + (40 + 2) * 0.5)
 
 
+def test_the_estimate_prices_the_layers_a_plugin_keeps_in_fp32_at_fp32_speed():
+    plan = Plan.of(tiny_suite(regularizers={"vanilla": {}, "hype": {},
+                                            "lnsr": {"inject_layer": 3}},
+                              recipe={**TINY_RECIPE, "min_steps": 40, "precision": "bf16"}))
+    seconds = estimate_seconds(plan, "cpu", costs={"rte": (0.5, 3.0)}, fp32_costs={"rte": 1.5})
+    assert seconds[Cell("vanilla", "rte", 16)] == pytest.approx(3.0 + 40 * 0.5)
+    # Every layer (and the head) in fp32: a bf16 run's hype steps at fp32's speed.
+    assert seconds[Cell("hype", "rte", 16)] == pytest.approx(3.0 + 40 * 1.5)
+    # Layers 3–5 of 6 in fp32, and one extra pass: 2 × (half at 0.5 s, half at 1.5 s).
+    assert seconds[Cell("lnsr", "rte", 16)] == pytest.approx(3.0 + 40 * 2 * 1.0)
+    # In an fp32 run nothing changes precision, and nothing more is measured.
+    plan = Plan.of(tiny_suite(regularizers=["vanilla", "hype"],
+                              recipe={**TINY_RECIPE, "min_steps": 40, "precision": "fp32"}))
+    seconds = estimate_seconds(plan, "cpu", costs={"rte": (1.5, 3.0)})
+    assert seconds[Cell("hype", "rte", 16)] == pytest.approx(3.0 + 40 * 1.5)
+
+
 def test_dry_run_says_which_device_and_precision_it_estimates(monkeypatch, glue_dir, tmp_path,
                                                               capsys, caplog):
     caplog.set_level(logging.INFO, logger="regbench")
