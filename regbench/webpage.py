@@ -305,6 +305,8 @@ def _correlations(board: Leaderboard, task: str) -> list[dict]:
 def failure_rule(task) -> str:
     """When a run of the task fails, from its row of `Leaderboard.tasks`, as protocol.md says."""
     reference = task.reference
+    if not reference:  # a task of the plan with no final run stored yet
+        return "no final run is stored yet, so none is judged"
     if task.regression:
         return (f"a run fails when its Pearson r is at or below {num(task.failure_line)}, the "
                 f"least r significantly above 0 (one-sided) over its "

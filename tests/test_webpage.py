@@ -11,6 +11,7 @@ import re
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from boards import expected_of, frame_of, handmade_rows, noise_measured, run
 
@@ -18,6 +19,7 @@ from regbench.board import build, task_label
 from regbench.formatting import num
 from regbench.leaderboard import publish
 from regbench.markdown import render
+from regbench.webpage import board_page
 
 META = {"suite": "handmade", "model": "minilm", "recipe": {"learning_rate": 2e-5}}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -87,6 +89,15 @@ def test_the_page_and_the_index_are_written_with_the_board(site):
         "RTE: none of 2 regularizers differs from vanilla",
         f"CoLA: mixout ({delta:+.3f}) differ from vanilla (1 of 2)",
         "3 regularizers on RTE, CoLA at N = 100, 1000; 54 final runs"]
+
+
+def test_a_task_with_no_final_run_yet_says_so(tmp_path):
+    """A suite under way: a task of its plan has no final run stored, so no failure line."""
+    planned = pd.DataFrame([{"regularizer": "vanilla", "task": "stsb", "n_train": 100, "seed": s}
+                            for s in range(5)])
+    board = build(frame_of(handmade_rows(), tmp_path), pd.concat([expected_of(), planned]), META)
+    text = re.sub(r"\s+", " ", board_page(board, "under-way"))
+    assert "On STS-B no final run is stored yet, so none is judged." in text
 
 
 def test_the_page_links_only_to_the_files_beside_it(site):
