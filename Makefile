@@ -8,15 +8,20 @@ export REGBENCH_GLUE_DIR := $(abspath $(GLUE))
 BIN := $(VENV)/bin
 
 .PHONY: quickstart test bench
-# Two workers of half the cores each share the quickstart: on two cores they train more runs an
-# hour than one worker with both (BENCHMARKS.md). The second one's log goes to a file.
-HALF_CORES := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( (n + 1) / 2 )))
+CORES := $(shell nproc 2> /dev/null || echo 1)
+# Where there are two cores or more, two workers of half of them each share the quickstart: they
+# train more runs an hour than one worker with all of them (BENCHMARKS.md). The second worker's
+# output goes to runs/quickstart-worker-2.log, and it stops when the first is stopped.
 quickstart: $(VENV)/.installed
 	mkdir -p runs
-	OMP_NUM_THREADS=$(HALF_CORES) $(BIN)/regbench run --suite quickstart \
-		2> runs/quickstart-worker-2.log & \
-	OMP_NUM_THREADS=$(HALF_CORES) $(BIN)/regbench run --suite quickstart; status=$$?; \
-	wait $$! && exit $$status
+	threads=$$(( $(CORES) / 2 )); second=; \
+	if [ $$threads -ge 1 ]; then \
+		OMP_NUM_THREADS=$$threads $(BIN)/regbench run --suite quickstart \
+			> runs/quickstart-worker-2.log 2>&1 & \
+		second=$$!; trap 'kill $$second 2> /dev/null' INT TERM; \
+	else threads=1; fi; \
+	OMP_NUM_THREADS=$$threads $(BIN)/regbench run --suite quickstart; status=$$?; \
+	if [ -n "$$second" ]; then wait $$second || status=$$?; fi; exit $$status
 	$(BIN)/regbench leaderboard --suite quickstart
 
 test: $(VENV)/.installed

@@ -63,17 +63,21 @@ def summary(runs: list[dict]) -> list[dict]:
     for task, size, length in keys:
         cell = [r for r in runs if (r["task"], r["n_train"], r["length"]) == (task, size, length)]
         scores = [r["test_score"] for r in cell if r["test_score"] is not None]
-        curves = [[score for _, score in r["history"]] for r in cell if r["history"]]
-        points = [statistics.fmean(column) for column in zip(*curves, strict=False)]
-        steps = [step for step, _ in cell[0]["history"]]
-        half = len(points) // 2
-        rows.append({"task": task, "n_train": size, "length": length, "steps": cell[0]["steps"],
-                     "seeds": len(cell),
-                     "validation_curve": {str(s): round(p, 4) for s, p in zip(steps, points,
-                                                                              strict=True)},
-                     # How much the mean validation score still rose over the run's second
-                     # half: near 0 when the run is long enough.
-                     "rise_last_half": points[-1] - points[half - 1] if half else float("nan"),
+        # Per evaluation step, the mean over the runs that reached it (a diverged run stops early).
+        by_step: dict[int, list[float]] = {}
+        for r in cell:
+            for step, score in r["history"]:
+                by_step.setdefault(step, []).append(score)
+        curve = {step: statistics.fmean(by_step[step]) for step in sorted(by_step)}
+        points = list(curve.values())
+        quarter = len(points) // 4
+        rows.append({"task": task, "n_train": size, "length": length,
+                     "steps": max(r["steps"] for r in cell), "seeds": len(cell),
+                     "validation_curve": {str(s): round(p, 4) for s, p in curve.items()},
+                     # How much the mean validation score still rose over the run's last
+                     # quarter: near 0 once the run is long enough.
+                     "rise_last_quarter": (points[-1] - points[-1 - quarter] if quarter
+                                           else float("nan")),
                      "finished": sum(r["status"] == "finished" for r in cell),
                      "test_mean": statistics.fmean(scores) if scores else float("nan"),
                      "test_sd": statistics.stdev(scores) if len(scores) > 1 else float("nan"),

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
+import sys
+from contextlib import closing
 
 import pandas as pd
 from tabulate import tabulate
@@ -21,18 +23,20 @@ CELL = ["phase", "regularizer", "task", "n_train"]
 
 
 def runs(path: str, suite: str) -> pd.DataFrame:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
         return pd.read_sql("SELECT phase, regularizer, task, n_train, seconds FROM regbench_runs "
                            "WHERE suite = ? AND status = 'finished'", connection, params=(suite,))
 
 
 def pace(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per shared cell, the runs and mean seconds in each store; and the runs per worker-hour of
-    each over the old store's mix of those cells."""
+    each over the old store's mix of those cells (none where they share no cell)."""
     both = (old.groupby(CELL).seconds.agg(["size", "mean"])
             .merge(new.groupby(CELL).seconds.agg(["size", "mean"]), left_index=True,
                    right_index=True, suffixes=("_old", "_new")))
     weights = both.size_old
+    if both.empty:
+        return both, {}
     hours = {side: float((weights * both[f"mean_{side}"]).sum()) / 3600 for side in ("old", "new")}
     return both, {side: float(weights.sum()) / h for side, h in hours.items()}
 
@@ -44,6 +48,9 @@ def main() -> None:
     parser.add_argument("--suite", default="glue-cpu")
     args = parser.parse_args()
     cells, rate = pace(runs(args.old, args.suite), runs(args.new, args.suite))
+    if cells.empty:
+        sys.exit(f"The two stores share no (phase, regularizer, task, N) of suite {args.suite} "
+                 "with a finished run: nothing to compare.")
     by_phase = cells.groupby(level="phase").apply(
         lambda c: pd.Series({"cells": len(c), "old runs": c.size_old.sum(),
                              "new runs": c.size_new.sum(),

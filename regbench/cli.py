@@ -207,7 +207,7 @@ def cmd_run(args) -> None:
             log.info("nothing stored yet in %s: every run is still to train", storage)
         left = _left_to_train(plan, store, args.force)
         precision = "bf16 autocast" if mixed_precision(suite.recipe.precision, device) else "fp32"
-        log.info("timing two short runs per task on %s for the estimate", device)
+        log.info("timing a short run of vanilla per task on %s for the estimate", device)
         seconds = estimate_seconds(plan, args.device, args.data_dir)
         rows = [[c.regularizer, c.task, c.size, suite.tuning.trials if c in plan.tuned else 0,
                  plan.tuning_runs(c), len(suite.final_seeds), plan.runs(c) - left[c],

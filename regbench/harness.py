@@ -43,7 +43,7 @@ class RunResult:
     error: str | None = None
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, validation score)
     noise_stability: dict | None = None  # regbench.noise_stability, for a run that was tested
-    step_seconds: list[float] = field(default_factory=list)  # each training step's, for costing
+    step_seconds: list[float] = field(default_factory=list)  # each of the `steps`, for costing
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -227,7 +227,7 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
             state.batch = _on(state.device, data.train.collate(indices, pad_id))
             stepped = time.perf_counter()
             value = training_step(state, regularizer)
-            result.step_seconds.append(time.perf_counter() - stepped)
+            stepped = time.perf_counter() - stepped
             # The weights are checked where they are scored: a step can leave them non-finite
             # with a finite loss (an overflowing gradient, a plugin's update), and the last
             # step's loss never shows it.
@@ -242,6 +242,7 @@ def fine_tune(data: TaskData, regularizer: Regularizer, seed: int, model: str = 
             bar.update()
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
             result.steps = step
+            result.step_seconds.append(stepped)
             if step in checkpoints:
                 with evaluated_weights(state, regularizer) as network:
                     result.validation = evaluate(network, validation, task, pad_id,

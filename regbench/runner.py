@@ -563,7 +563,7 @@ def describe_device(device: torch.device) -> str:
 def task_costs(suite: Suite, device: torch.device,
                data_dir: str | None = None) -> dict[str, tuple[float, float]]:
     """Each task's seconds per vanilla step and fixed seconds a run (loading, evaluation) on
-    `device`, from one short run: the median of its steps after the first (which allocates the
+    `device`, from one short run: the mean of its steps after the first (which allocates the
     optimiser's state), and the rest of the run's time. The difference of two runs' times, its
     former measure, was a few steps' worth against a fixed cost that varies by as much: on a CPU
     it gave per-step costs from 0.0003 s to 0.11 s for the same task."""
@@ -578,7 +578,11 @@ def task_costs(suite: Suite, device: torch.device,
         # context too): an untimed one takes that cost out of the first task's figures.
         for _ in range(2 if i == 0 else 1):
             result = fine_tune(data, vanilla, 0, suite.model, recipe, device, progress=False)
-        per_step = statistics.median(result.step_seconds[1:])
+        if result.status != FINISHED:
+            raise RegbenchError(f"The estimate's timing run of vanilla on {name} did not finish "
+                                f"({result.error}); the suite's recipe would fail there too: "
+                                "check its learning rate and precision.")
+        per_step = statistics.fmean(result.step_seconds[1:])
         costs[name] = per_step, max(result.seconds - per_step * len(result.step_seconds), 0.0)
     return costs
 
@@ -602,20 +606,22 @@ def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = No
     if example_costs is None:
         singly = any(plugin.setup_example_passes() for plugin in plugins.values())
         example_costs = _step_seconds(single_examples(suite), device, data_dir) if singly else {}
-    in_fp32 = ({name: _fp32_share(plugin, plan.depth) for name, plugin in plugins.items()}
-               if mixed_precision(suite.recipe.precision, pick_device(device)) else {})
+    # The suite's options, not a tuned one: lnsr's tuned inject_layer changes its share.
+    fp32_shares = ({name: _fp32_share(plugin, plan.depth) for name, plugin in plugins.items()
+                    if name not in (step_costs or {})}  # measured costs hold their fp32 parts
+                   if mixed_precision(suite.recipe.precision, pick_device(device)) else {})
     if fp32_costs is None:
-        fp32_costs = (_step_seconds(fp32(suite), device, data_dir)
-                      if any(in_fp32.values()) and step_costs is None else {})
+        fp32_costs = (_step_seconds(fp32_suite(suite), device, data_dir)
+                      if any(fp32_shares.values()) else {})
     estimates = {}
     for cell in plan.cells:
         plugin = plugins[cell.regularizer]
         per_step, fixed = costs[cell.task]
         cost = (step_costs or {}).get(cell.regularizer)
-        if cost is None:  # measured costs hold the fp32 parts already
-            share = in_fp32.get(cell.regularizer, 0.0)
-            cost = plugin.step_cost() * (1 - share + share * fp32_costs.get(
-                cell.task, per_step) / per_step)
+        if cost is None:
+            share = fp32_shares.get(cell.regularizer, 0.0)
+            slower = fp32_costs.get(cell.task, per_step) / max(per_step, 1e-9)
+            cost = plugin.step_cost() * (1 - share + share * slower)
         setup = plugin.setup_passes() * math.ceil(cell.size / suite.recipe.batch_size) * per_step
         if plugin.setup_example_passes():
             setup += plugin.setup_example_passes() * cell.size * example_costs[cell.task]
@@ -642,7 +648,7 @@ def single_examples(suite: Suite) -> Suite:
     return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(), "batch_size": 1}))
 
 
-def fp32(suite: Suite) -> Suite:
+def fp32_suite(suite: Suite) -> Suite:
     """`suite` in fp32: `task_costs` of it time a step of layers a plugin has compute in fp32."""
     return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(),
                                                    "precision": "fp32"}))
