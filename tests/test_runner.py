@@ -377,8 +377,10 @@ def _stored(engine, phase) -> int:
 def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, watcher, sig,
                                                            phase):
     """Kill a real suite once its first run of `phase` is stored (during the second tuning run,
-    or during the final runs), run the same command again, and count."""
-    suite, db = _write_suite(tmp_path, [1, 2, 3]), tmp_path / "killme.db"
+    or during the final runs), run the same command again, and count. Six final seeds: a quick
+    machine must not finish the suite between two looks at the store."""
+    seeds = [1, 2, 3, 4, 5, 6]
+    suite, db = _write_suite(tmp_path, seeds), tmp_path / "killme.db"
     watched = watcher(f"sqlite:///{db}")
     command = [sys.executable, "-m", "regbench.cli", "run", "--suite", str(suite),
                "--storage", f"sqlite:///{db}", "--data-dir", str(glue_dir)]
@@ -387,20 +389,20 @@ def test_a_killed_suite_resumes_without_loss_or_duplicates(glue_dir, tmp_path, w
                                text=True)
     deadline = time.monotonic() + 240
     while _stored(watched, phase) < 1 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     process.send_signal(sig)
     _, err = process.communicate(timeout=60)
     tuned, finals = _stored(watched, "tune"), _stored(watched, "final")
-    assert tuned + finals < 4 + 3, "the kill should land in the middle of the suite"
+    assert tuned + finals < 4 + len(seeds), "the kill should land in the middle of the suite"
     if sig == signal.SIGINT:
         assert process.returncode == 130 and "run the same command to resume" in err
 
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     # Every run stored before the kill is used again, none trained twice.
-    assert f"{4 + 3 - tuned - finals} runs trained" in out
+    assert f"{4 + len(seeds) - tuned - finals} runs trained" in out
     runs = Store(f"sqlite:///{db}").frame()
     assert runs.key.is_unique and (runs.status == "finished").all()
-    assert sorted(runs[runs.phase == "final"].seed) == [1, 2, 3]
+    assert sorted(runs[runs.phase == "final"].seed) == seeds
     study = optuna.load_study(study_name=Plan.of(load_suite(str(suite))).study_name(
         Cell("weight_decay", "rte", 16)), storage=f"sqlite:///{db}")
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
