@@ -569,7 +569,7 @@ def task_costs(suite: Suite, device: torch.device,
     it gave per-step costs from 0.0003 s to 0.11 s for the same task."""
     steps = 8 if device.type == "cpu" else 30
     vanilla = build("vanilla")
-    recipe = Recipe.from_dict({**suite.recipe.as_dict(), "epochs": 0, "min_steps": steps})
+    recipe = _recipe_changed(suite, epochs=0, min_steps=steps).recipe
     costs = {}
     for i, name in enumerate(suite.tasks):
         data = task_data(get_task(name), max(suite.sizes), suite.data_seed, suite.model,
@@ -605,13 +605,14 @@ def estimate_seconds(plan: Plan, device: str = "auto", data_dir: str | None = No
     plugins = {name: build(name, options) for name, options in suite.regularizers.items()}
     if example_costs is None:
         singly = any(plugin.setup_example_passes() for plugin in plugins.values())
-        example_costs = _step_seconds(single_examples(suite), device, data_dir) if singly else {}
+        example_costs = (_step_seconds(_recipe_changed(suite, batch_size=1), device, data_dir)
+                         if singly else {})
     # The suite's options, not a tuned one: lnsr's tuned inject_layer changes its share.
     fp32_shares = ({name: _fp32_share(plugin, plan.depth) for name, plugin in plugins.items()
                     if name not in (step_costs or {})}  # measured costs hold their fp32 parts
                    if mixed_precision(suite.recipe.precision, pick_device(device)) else {})
     if fp32_costs is None:
-        fp32_costs = (_step_seconds(fp32_suite(suite), device, data_dir)
+        fp32_costs = (_step_seconds(_recipe_changed(suite, precision="fp32"), device, data_dir)
                       if any(fp32_shares.values()) else {})
     estimates = {}
     for cell in plan.cells:
@@ -643,12 +644,7 @@ def _fp32_share(plugin, depth: int) -> float:
     return sum(part.startswith("layer.") for part in parts) / max(depth, 1)
 
 
-def single_examples(suite: Suite) -> Suite:
-    """`suite` at batch size 1: `task_costs` of it time a pass of one example."""
-    return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(), "batch_size": 1}))
-
-
-def fp32_suite(suite: Suite) -> Suite:
-    """`suite` in fp32: `task_costs` of it time a step of layers a plugin has compute in fp32."""
-    return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(),
-                                                   "precision": "fp32"}))
+def _recipe_changed(suite: Suite, **changes: Any) -> Suite:
+    """`suite` with `changes` to its recipe: at batch size 1, `task_costs` of it time a pass of
+    one example; in fp32, a step of the layers a plugin keeps in fp32."""
+    return replace(suite, recipe=Recipe.from_dict({**suite.recipe.as_dict(), **changes}))
