@@ -12,20 +12,20 @@ paces are of the same mix of runs, the old board's.
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
-from contextlib import closing
 
 import pandas as pd
 from tabulate import tabulate
+
+from regbench.store import FINISHED, Store
 
 CELL = ["phase", "regularizer", "task", "n_train"]
 
 
 def runs(path: str, suite: str) -> pd.DataFrame:
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-        return pd.read_sql("SELECT phase, regularizer, task, n_train, seconds FROM regbench_runs "
-                           "WHERE suite = ? AND status = 'finished'", connection, params=(suite,))
+    """The suite's finished runs in the SQLite store at `path`, as the leaderboard reads them."""
+    frame = Store(f"sqlite:///{path}", create=False).frame(suite)
+    return frame.loc[frame.status == FINISHED, [*CELL, "seconds"]]
 
 
 def pace(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
